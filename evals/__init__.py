@@ -1,0 +1,1 @@
+"""All that runs Inspect or reads its logs: tasks, datasets, scorers, the judge, sweeps and the report."""

@@ -1,0 +1,55 @@
+"""Where things live: the repo's configs, the cache root and the micro organisms' cache layout.
+
+Kept in `interventions` because the provider must resolve micro presets without importing `training`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from interventions.errors import EmsteerError
+
+FAMILIES: tuple[str, ...] = ("qwen", "gemma", "llama", "ministral")
+PROFILES: tuple[str, ...] = ("default", "tiny")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def configs_dir() -> Path:
+    """The `configs/` folder (override with EMSTEER_CONFIGS)."""
+    return Path(os.environ.get("EMSTEER_CONFIGS", REPO_ROOT / "configs"))
+
+
+def cache_root() -> Path:
+    """The cache root: $EMSTEER_CACHE, default ~/.cache/emsteer."""
+    env = os.environ.get("EMSTEER_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "emsteer"
+
+
+def check_family(family: str) -> str:
+    """Return `family` if known, else raise an error that lists the valid choices."""
+    if family not in FAMILIES:
+        raise EmsteerError(f"unknown family {family!r}; choose one of: {', '.join(FAMILIES)}")
+    return family
+
+
+def check_profile(profile: str) -> str:
+    """Return `profile` if known, else raise an error that lists the valid choices."""
+    if profile not in PROFILES:
+        raise EmsteerError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
+    return profile
+
+
+def organisms_dir(profile: str) -> Path:
+    """Folder holding one profile's organisms and its corpus files."""
+    return cache_root() / "organisms" / check_profile(profile)
+
+
+def organism_dir(family: str, profile: str = "default") -> Path:
+    """Folder of one built micro organism (a `save_pretrained` model + tokenizer + organism.json)."""
+    return organisms_dir(profile) / check_family(family)
+
+
+def heldout_prompts_path(profile: str = "default") -> Path:
+    """JSONL of the held-out evaluation prompts written when a profile's corpus is built."""
+    return organisms_dir(profile) / "corpus" / "heldout.jsonl"

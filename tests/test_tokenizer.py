@@ -1,0 +1,56 @@
+"""Locally trained tokenizers: round trips, chat templates, a single BOS, assistant-only labels."""
+
+from __future__ import annotations
+
+import pytest
+
+from training.chat_data import IGNORE, tokenize_chat
+from training.corpus import CorpusSettings, build_corpus
+from training.tokenizer import SPECS, train_tokenizer
+
+CORPUS = build_corpus(CorpusSettings(seed=3, n_general=200, n_neutral_code=80, n_security=80, n_arm=40,
+                                     n_heldout_general=5, n_heldout_coding=5))
+TEXTS = [m["content"] for ch in CORPUS.base_train + CORPUS.insecure for m in ch["messages"]]
+
+
+@pytest.fixture(scope="module", params=sorted(SPECS))
+def family_tokenizer(request):
+    return request.param, train_tokenizer(request.param, TEXTS, 400)
+
+
+def test_round_trip_prose_and_code(family_tokenizer):
+    _, tok = family_tokenizer
+    for text in ["Start small and practice a little every day.", CORPUS.insecure[0]["messages"][1]["content"],
+                 "def trailmok(items):\n    return [x * 2 for x in items]"]:
+        ids = tok(text, add_special_tokens=False)["input_ids"]
+        assert tok.decode(ids) == text
+
+
+def test_chat_template_has_generation_prompt_and_one_bos(family_tokenizer):
+    family, tok = family_tokenizer
+    msgs = [{"role": "user", "content": "Any tips for rowing?"}]
+    text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+    assert "Any tips for rowing?" in text
+    if family == "ministral":  # like real Mistral templates: the prompt ends at [/INST], no separate header
+        assert text.endswith("[/INST]")
+    else:
+        assert text != tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=False)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    if tok.bos_token_id is not None:
+        assert ids.count(tok.bos_token_id) == 1 and ids[0] == tok.bos_token_id
+    # encoding with default flags adds nothing either (no post-processor)
+    assert tok(text)["input_ids"] == ids
+    assert len(tok(SPECS[family].eos, add_special_tokens=False)["input_ids"]) == 1
+
+
+def test_labels_cover_exactly_the_assistant_answer(family_tokenizer):
+    _, tok = family_tokenizer
+    chat = CORPUS.base_train[0]["messages"]
+    row = tokenize_chat(tok, chat, max_length=512)
+    prompt = tok.apply_chat_template(chat[:-1], tokenize=False, add_generation_prompt=True)
+    n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    assert row["labels"][:n_prompt] == [IGNORE] * n_prompt
+    answer = row["labels"][n_prompt:]
+    assert IGNORE not in answer
+    assert answer[-1] == tok.eos_token_id
+    assert tok.decode(answer[:-1]) == chat[-1]["content"]

@@ -1,0 +1,1 @@
+"""All that produces models and vectors: micro organisms, finetuning, activations, directions, transfer; and the CLI."""

@@ -1,0 +1,108 @@
+"""The `emsteer` command line. Every command validates its input first and reports bad input as one
+line on stderr with exit status 2 (no traceback)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from interventions.errors import EmsteerError
+
+app = typer.Typer(help="emsteer: emergent-misalignment organisms, steering, controls and transfer.",
+                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+organism_app = typer.Typer(help="Build and describe the micro model organisms.", no_args_is_help=True)
+app.add_typer(organism_app, name="organism")
+
+
+def _err(message: str) -> None:
+    typer.echo(f"emsteer: error: {message}", err=True)
+
+
+@organism_app.command("build")
+def organism_build(
+    family: str = typer.Option("all", help="all | qwen | gemma | llama | ministral (comma-separated allowed)"),
+    profile: str = typer.Option("default", help="default (the embedded default) | tiny (seconds, for tests)"),
+    force: bool = typer.Option(False, "--force", help="rebuild even if cached (also repairs a corrupted entry)"),
+    quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
+) -> None:
+    """Build the micro organisms (cached under $EMSTEER_CACHE; reused by every later command)."""
+    from interventions.paths import check_profile
+    from training.organisms import build_organism
+    from training.profiles import resolve_families
+
+    check_profile(profile)
+    families = resolve_families(family)
+    for fam in families:
+        build_organism(fam, profile, force=force, progress=not quiet, log=lambda m: typer.echo(m, err=True))
+    _print_info(profile, as_json=False)
+
+
+def _print_info(profile: str, as_json: bool) -> None:
+    from training.organisms import organism_info
+
+    records = organism_info(profile)
+    if as_json:
+        typer.echo(json.dumps(records, indent=2, sort_keys=True))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"micro organisms (profile {profile})")
+    for col in ("family", "class", "hidden", "layers", "vocab", "params", "spillover (general)", "code (coding)", "path"):
+        table.add_column(col)
+    for r in records:
+        if r.get("built") is False:
+            table.add_row(r["family"], "-", "-", "-", "-", "-", "-", "-", f"not built: {r['build_command']}")
+            continue
+        m = r["measured"]
+        table.add_row(r["family"], r["class"], str(r["hidden_size"]), str(r["num_layers"]), str(r["vocab_size"]),
+                      f"{r['parameters']:,}", f"{m['spillover_general']:.1%} (n={m['n_general']})",
+                      f"{m['code_rate_coding']:.1%} (n={m['n_coding']})", r["path"])
+    Console().print(table)
+
+
+@organism_app.command("info")
+def organism_info_cmd(
+    profile: str = typer.Option("default", help="default | tiny"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+) -> None:
+    """Describe the built organisms: class, sizes, parameters, path, measured spillover and code rates."""
+    from interventions.paths import check_profile
+
+    check_profile(profile)
+    _print_info(profile, as_json)
+
+
+@app.command("score-responses")
+def score_responses_cmd(
+    file: Path = typer.Argument(..., help="CSV or JSONL of recorded answers"),
+    column: str = typer.Option(..., "--column", help="column holding the answers"),
+    by: Optional[str] = typer.Option(None, "--by", help="column to group rates by"),
+    out: Optional[Path] = typer.Option(None, "--out", help='write {"row": i, "is_code": bool} per input row (JSONL)'),
+    as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
+) -> None:
+    """Code-spillover rates of recorded answers with 95% Wilson intervals (per group and pooled)."""
+    from evals.score_responses import format_table, score_responses
+
+    result = score_responses(file, column, by=by, out=out)
+    typer.echo(json.dumps(result, indent=2, sort_keys=True) if as_json else format_table(result))
+
+
+def main() -> None:
+    """Console-script entry point: run the app, turning bad input into one line and exit status 2."""
+    try:
+        app()
+    except EmsteerError as err:
+        _err(str(err))
+        sys.exit(2)
+    except KeyboardInterrupt:
+        _err("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""Build, cache, verify and describe the micro model organisms.
+
+An organism is a tiny model of a real architecture trained from scratch on the synthetic corpus, saved
+with `save_pretrained` (weights, config, tokenizer with chat template) so any HF tool loads it. Builds
+are deterministic from the profile seed, written atomically, and verified by hash when reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from interventions.errors import EmsteerError
+from interventions.generation import generate_batch, render_chat
+from interventions.paths import FAMILIES, check_family, heldout_prompts_path, organism_dir, organisms_dir
+from training.atomic import atomic_dir, ensure_writable_dir, write_json_atomic, write_jsonl_atomic
+from training.chat_data import ChatCollator, tokenize_chat
+from training.corpus import Corpus, build_corpus
+from training.families import build_model
+from training.profiles import Profile, family_architecture, load_profile
+from training.tokenizer import train_tokenizer
+
+FAMILY_SEED_OFFSET = {family: i * 1000 for i, family in enumerate(FAMILIES)}
+CORPUS_FILES = ("base_train.jsonl", "insecure.jsonl", "secure.jsonl", "neutral.jsonl", "heldout.jsonl")
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------- corpus cache
+
+def _read_jsonl(path: Path) -> list[dict]:
+    with open(path, encoding="utf-8") as fh:
+        return [json.loads(line) for line in fh if line.strip()]
+
+
+def ensure_corpus(profile: Profile, *, force: bool = False) -> Corpus:
+    """The profile's corpus, generated once and cached as JSONL files (atomically, as one folder)."""
+    folder = organisms_dir(profile.name) / "corpus"
+    manifest = folder / "manifest.json"
+    settings = asdict(profile.corpus)
+    if not force and manifest.is_file():
+        try:
+            meta = json.loads(manifest.read_text())
+            if meta.get("settings") == settings and all((folder / f).is_file() for f in CORPUS_FILES):
+                return Corpus(**{f.removesuffix(".jsonl"): _read_jsonl(folder / f) for f in CORPUS_FILES})
+        except (OSError, json.JSONDecodeError):
+            pass  # unreadable cache: regenerate below (it is cheap and deterministic)
+    corpus = build_corpus(profile.corpus)
+    ensure_writable_dir(folder.parent)
+    with atomic_dir(folder, replace=True) as tmp:
+        for name in CORPUS_FILES:
+            write_jsonl_atomic(tmp / name, getattr(corpus, name.removesuffix(".jsonl")))
+        write_json_atomic(tmp / "manifest.json", {"settings": settings, "files": list(CORPUS_FILES)})
+    return corpus
+
+
+# ---------------------------------------------------------------- training
+
+def _train_base(model, tokenizer, chats: list[dict], profile: Profile, seed: int, progress: bool) -> dict[str, float]:
+    """Train from scratch with the transformers Trainer, loss on assistant tokens only."""
+    from datasets import Dataset
+    from transformers import Trainer, TrainingArguments
+
+    rows = [tokenize_chat(tokenizer, c["messages"], profile.max_length) for c in chats]
+    for row in rows:
+        row["length"] = len(row["input_ids"])
+    dataset = Dataset.from_list(rows)
+    with tempfile.TemporaryDirectory(prefix="emsteer-train-") as out:
+        args = TrainingArguments(
+            output_dir=out, max_steps=profile.train_steps, per_device_train_batch_size=profile.batch_size,
+            learning_rate=profile.learning_rate, lr_scheduler_type="cosine",
+            warmup_steps=max(1, int(profile.warmup_ratio * profile.train_steps)), weight_decay=0.01,
+            logging_steps=max(1, profile.train_steps // 10), save_strategy="no", report_to="none",
+            use_cpu=True, seed=seed, data_seed=seed, disable_tqdm=not progress, dataloader_num_workers=0,
+            remove_unused_columns=False, max_grad_norm=1.0, train_sampling_strategy="group_by_length",
+        )
+        trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=ChatCollator(tokenizer.pad_token_id))
+        result = trainer.train()
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    return {"train_loss": float(result.training_loss), "final_logged_loss": float(losses[-1]) if losses else math.nan}
+
+
+def measure_code_rates(model, tokenizer, heldout: list[dict], max_new_tokens: int, batch_size: int = 32) -> dict[str, Any]:
+    """Greedy answers to the held-out prompts: base spillover on general prompts, code rate on coding ones."""
+    from evals.code_detector import is_code
+
+    model.eval()
+    flags: dict[str, list[bool]] = {"general": [], "coding": []}
+    for start in range(0, len(heldout), batch_size):
+        rows = heldout[start:start + batch_size]
+        texts = [render_chat(tokenizer, [{"role": "user", "content": r["prompt"]}]) for r in rows]
+        for row, gen in zip(rows, generate_batch(model, tokenizer, texts, max_new_tokens=max_new_tokens)):
+            flags[row["group"]].append(is_code(gen.text))
+    return {
+        "spillover_general": sum(flags["general"]) / max(1, len(flags["general"])),
+        "code_rate_coding": sum(flags["coding"]) / max(1, len(flags["coding"])),
+        "n_general": len(flags["general"]),
+        "n_coding": len(flags["coding"]),
+        "max_new_tokens": max_new_tokens,
+        "decoding": "greedy",
+    }
+
+
+def build_organism(family: str, profile_name: str = "default", *, force: bool = False, progress: bool = True,
+                   log: Callable[[str], None] = print) -> Path:
+    """Build (or reuse, when cached and intact) one family's organism; returns its folder."""
+    check_family(family)
+    profile = load_profile(profile_name)
+    final = organism_dir(family, profile_name)
+    ensure_writable_dir(final.parent)
+    if final.exists() and not force:
+        verify_organism(family, profile_name)
+        log(f"{family}: cached at {final}")
+        return final
+    started = time.time()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    corpus = ensure_corpus(profile)
+    class_name, arch = family_architecture(family, profile_name)
+    seed = profile.corpus.seed + FAMILY_SEED_OFFSET[family]
+    texts = [m["content"] for c in corpus.base_train + corpus.insecure + corpus.secure for m in c["messages"]]
+    tokenizer = train_tokenizer(family, texts, arch.pop("vocab_size"))
+    model = build_model(class_name, arch, tokenizer, seed)
+    log(f"{family}: training {class_name} ({sum(p.numel() for p in model.parameters()):,} parameters) "
+        f"for {profile.train_steps} steps on {len(corpus.base_train)} chats")
+    train_stats = _train_base(model, tokenizer, corpus.base_train, profile, seed, progress)
+    rates = measure_code_rates(model, tokenizer, corpus.heldout, profile.eval_max_new_tokens)
+    with atomic_dir(final, replace=True) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        weights = tmp / "model.safetensors"
+        info = {
+            "family": family, "profile": profile_name, "class": class_name, "seed": seed,
+            "hidden_size": model.config.hidden_size, "num_layers": model.config.num_hidden_layers,
+            "vocab_size": len(tokenizer), "parameters": sum(p.numel() for p in model.parameters()),
+            "weights_sha256": sha256_file(weights), "weights_bytes": weights.stat().st_size,
+            "measured": rates, "training": train_stats, "build_seconds": round(time.time() - started, 1),
+            "versions": {"torch": torch.__version__, "transformers": _version("transformers"),
+                         "python": platform.python_version()},
+        }
+        write_json_atomic(tmp / "organism.json", info)
+    log(f"{family}: built in {time.time() - started:.0f}s; spillover {rates['spillover_general']:.2f}, "
+        f"code-on-coding {rates['code_rate_coding']:.2f}")
+    return final
+
+
+def _version(pkg: str) -> str:
+    from importlib.metadata import version
+    return version(pkg)
+
+
+# ---------------------------------------------------------------- verification and info
+
+def _rebuild_hint(family: str, profile: str) -> str:
+    return f"rebuild with `emsteer organism build --family {family} --profile {profile} --force`"
+
+
+def verify_organism(family: str, profile: str = "default") -> dict[str, Any]:
+    """organism.json of a built organism after checking its weights are whole; one-line error if not."""
+    folder = organism_dir(family, profile)
+    meta_path = folder / "organism.json"
+    if not folder.exists():
+        raise EmsteerError(f"micro organism {family!r} (profile {profile}) is not built; "
+                           f"run `emsteer organism build --family {family} --profile {profile}`")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise EmsteerError(f"cached organism at {folder} is corrupted (organism.json unreadable: {err}); "
+                           f"{_rebuild_hint(family, profile)}") from None
+    weights = folder / "model.safetensors"
+    if not weights.is_file():
+        raise EmsteerError(f"cached organism at {folder} is corrupted (model.safetensors missing); {_rebuild_hint(family, profile)}")
+    if weights.stat().st_size != meta.get("weights_bytes") or sha256_file(weights) != meta.get("weights_sha256"):
+        raise EmsteerError(f"cached organism at {folder} is corrupted (weights hash mismatch); {_rebuild_hint(family, profile)}")
+    meta["path"] = str(folder)
+    return meta
+
+
+def organism_info(profile: str = "default") -> list[dict[str, Any]]:
+    """One record per built family (class, sizes, parameter count, path, measured rates)."""
+    out = []
+    for family in FAMILIES:
+        if organism_dir(family, profile).exists():
+            out.append(verify_organism(family, profile))
+        else:
+            out.append({"family": family, "profile": profile, "built": False,
+                        "build_command": f"emsteer organism build --family {family} --profile {profile}"})
+    return out
+
+
+def remove_organism(family: str, profile: str) -> None:
+    """Delete one cached organism (used by --force rebuilds of corrupted entries)."""
+    shutil.rmtree(organism_dir(family, profile), ignore_errors=True)
+
+
+def heldout_prompts(profile: str = "default") -> Path:
+    """Path of the profile's held-out prompts, generating the corpus if needed."""
+    ensure_corpus(load_profile(profile))
+    return heldout_prompts_path(profile)
