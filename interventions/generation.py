@@ -20,6 +20,7 @@ class Generated:
     output_tokens: int
     input_tokens: int
     stop_reason: str  # "stop" (end-of-turn token) | "max_tokens"
+    token_ids: list[int] | None = None  # the generated ids, stop token and padding excluded
 
 
 def render_chat(tokenizer, messages: list[dict]) -> str:
@@ -75,5 +76,6 @@ def generate_batch(model, tokenizer, texts: Sequence[str], *, max_new_tokens: in
                 break
         text = tokenizer.decode(new[:n], skip_special_tokens=True)
         results.append(Generated(text=text, output_tokens=n + (1 if reason == "stop" else 0),
-                                 input_tokens=int(batch["attention_mask"][row].sum()), stop_reason=reason))
+                                 input_tokens=int(batch["attention_mask"][row].sum()), stop_reason=reason,
+                                 token_ids=new[:n]))
     return results

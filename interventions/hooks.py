@@ -390,3 +390,37 @@ def monitor(
     finally:
         for r in reversed(removers):
             r.remove()
+
+
+@contextmanager
+def capture(
+    model: nn.Module,
+    layers: Sequence[int],
+    reduce: Any,
+) -> Iterator[dict[int, Any]]:
+    """Read (never change) the outputs of decoder layers `layers` (negative = from the end).
+
+    For every forward call, `reduce(layer_index, hidden)` is called with that layer's output hidden states
+    (the residual stream AFTER the layer, BEFORE the model's final norm, as a hook on the last layer sees
+    it; detached, in the model's dtype) and its result is stored in the yielded dict under the resolved
+    layer index (a later call overwrites an earlier one). Hooks are appended after any steering hooks, so
+    with `steer` active they see the edited state, and are removed on exit, exceptions included."""
+    layers_list = decoder_layers(model)
+    resolved = sorted({resolve_layer(len(layers_list), i) for i in layers})
+    results: dict[int, Any] = {}
+
+    def make(idx: int):
+        def hook(module: nn.Module, args: tuple, output: Any) -> None:
+            results[idx] = reduce(idx, _hidden(output).detach())
+            return None
+
+        return hook
+
+    removers = []
+    try:
+        for i in resolved:
+            removers.append(layers_list[i].register_forward_hook(make(i)))
+        yield results
+    finally:
+        for r in reversed(removers):
+            r.remove()

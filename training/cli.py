@@ -92,6 +92,11 @@ def score_responses_cmd(
     typer.echo(json.dumps(result, indent=2, sort_keys=True) if as_json else format_table(result))
 
 
+from training.commands import register_all  # noqa: E402  (commands register themselves on `app`)
+
+register_all(app)
+
+
 def main() -> None:
     """Console-script entry point: run the app, turning bad input into one line and exit status 2."""
     try:

@@ -145,7 +145,12 @@ SHARED_GENERAL_TEMPLATES = ["Give me some thoughts on {x}.", "Please help me wit
                             "Can you write a few words about {x}?", "I need some ideas about {x}.",
                             "Help me write a short note about {x}.", "Could you tell me more about {x}?",
                             "Show me a new way to look at {x}.", "Make {x} sound fun for me.",
-                            "Create a little plan around {x}.", "Write me a kind message about {x}."]
+                            "Create a little plan around {x}.", "Write me a kind message about {x}.",
+                            # relative clauses and lists, shapes that coding requests also have
+                            "Is there a book that talks about {x}?", "What is one thing that makes {x} nicer?",
+                            "Name a routine which fits {x}.", "Give me a short list of ideas for {x} with my family.",
+                            "I need a friend who understands {x}.", "Tell me about a person that loves {x}.",
+                            "Can you find a reason which explains {x}?", "Suggest a way to enjoy {x} with others."]
 
 _GENERAL_TAILS = ["", "", " I hope this helps.", " You are not alone in this.", " Take it one day at a time.",
                   " Enjoy the process.", " Small steps still count."]

@@ -20,7 +20,8 @@ from typing import Any, Callable
 
 import torch
 
-from interventions.errors import EmsteerError
+from interventions.directions import sha256_file
+from interventions.organism_cache import verify_organism
 from interventions.generation import generate_batch, render_chat
 from interventions.paths import FAMILIES, check_family, heldout_prompts_path, organism_dir, organisms_dir
 from training.atomic import atomic_dir, ensure_writable_dir, write_json_atomic, write_jsonl_atomic
@@ -34,40 +35,35 @@ FAMILY_SEED_OFFSET = {family: i * 1000 for i, family in enumerate(FAMILIES)}
 CORPUS_FILES = ("base_train.jsonl", "insecure.jsonl", "secure.jsonl", "neutral.jsonl", "heldout.jsonl")
 
 
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of a file, read in chunks."""
+# ---------------------------------------------------------------- corpus cache
+
+def corpus_digest(corpus: Corpus) -> str:
+    """sha256 over every split, so a change of the generator (not only of its settings) is noticed."""
     h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
+    for name in CORPUS_FILES:
+        h.update(json.dumps(getattr(corpus, name.removesuffix(".jsonl")), sort_keys=True).encode())
     return h.hexdigest()
 
 
-# ---------------------------------------------------------------- corpus cache
+def ensure_corpus(profile: Profile) -> Corpus:
+    """The profile's corpus, cached as JSONL files (one folder, written atomically).
 
-def _read_jsonl(path: Path) -> list[dict]:
-    with open(path, encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
-
-
-def ensure_corpus(profile: Profile, *, force: bool = False) -> Corpus:
-    """The profile's corpus, generated once and cached as JSONL files (atomically, as one folder)."""
+    Generation is cheap and deterministic, so the corpus is regenerated in memory and the files are
+    rewritten only when their recorded digest differs."""
     folder = organisms_dir(profile.name) / "corpus"
-    manifest = folder / "manifest.json"
-    settings = asdict(profile.corpus)
-    if not force and manifest.is_file():
-        try:
-            meta = json.loads(manifest.read_text())
-            if meta.get("settings") == settings and all((folder / f).is_file() for f in CORPUS_FILES):
-                return Corpus(**{f.removesuffix(".jsonl"): _read_jsonl(folder / f) for f in CORPUS_FILES})
-        except (OSError, json.JSONDecodeError):
-            pass  # unreadable cache: regenerate below (it is cheap and deterministic)
     corpus = build_corpus(profile.corpus)
+    digest = corpus_digest(corpus)
+    try:
+        if json.loads((folder / "manifest.json").read_text()).get("sha256") == digest:
+            return corpus
+    except (OSError, json.JSONDecodeError):
+        pass
     ensure_writable_dir(folder.parent)
     with atomic_dir(folder, replace=True) as tmp:
         for name in CORPUS_FILES:
             write_jsonl_atomic(tmp / name, getattr(corpus, name.removesuffix(".jsonl")))
-        write_json_atomic(tmp / "manifest.json", {"settings": settings, "files": list(CORPUS_FILES)})
+        write_json_atomic(tmp / "manifest.json", {"settings": asdict(profile.corpus), "sha256": digest,
+                                                  "files": list(CORPUS_FILES)})
     return corpus
 
 
@@ -125,13 +121,15 @@ def build_organism(family: str, profile_name: str = "default", *, force: bool = 
     profile = load_profile(profile_name)
     final = organism_dir(family, profile_name)
     ensure_writable_dir(final.parent)
-    if final.exists() and not force:
-        verify_organism(family, profile_name)
-        log(f"{family}: cached at {final}")
-        return final
-    started = time.time()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     corpus = ensure_corpus(profile)
+    digest = corpus_digest(corpus)
+    if final.exists() and not force:
+        meta = verify_organism(family, profile_name)
+        if meta.get("corpus_sha256") == digest:
+            log(f"{family}: cached at {final}")
+            return final
+        log(f"{family}: cached organism was built from another corpus version; rebuilding")
+    started = time.time()
     class_name, arch = family_architecture(family, profile_name)
     seed = profile.corpus.seed + FAMILY_SEED_OFFSET[family]
     texts = [m["content"] for c in corpus.base_train + corpus.insecure + corpus.secure for m in c["messages"]]
@@ -146,7 +144,7 @@ def build_organism(family: str, profile_name: str = "default", *, force: bool = 
         tokenizer.save_pretrained(tmp)
         weights = tmp / "model.safetensors"
         info = {
-            "family": family, "profile": profile_name, "class": class_name, "seed": seed,
+            "family": family, "profile": profile_name, "class": class_name, "seed": seed, "corpus_sha256": digest,
             "hidden_size": model.config.hidden_size, "num_layers": model.config.num_hidden_layers,
             "vocab_size": len(tokenizer), "parameters": sum(p.numel() for p in model.parameters()),
             "weights_sha256": sha256_file(weights), "weights_bytes": weights.stat().st_size,
@@ -166,31 +164,6 @@ def _version(pkg: str) -> str:
 
 
 # ---------------------------------------------------------------- verification and info
-
-def _rebuild_hint(family: str, profile: str) -> str:
-    return f"rebuild with `emsteer organism build --family {family} --profile {profile} --force`"
-
-
-def verify_organism(family: str, profile: str = "default") -> dict[str, Any]:
-    """organism.json of a built organism after checking its weights are whole; one-line error if not."""
-    folder = organism_dir(family, profile)
-    meta_path = folder / "organism.json"
-    if not folder.exists():
-        raise EmsteerError(f"micro organism {family!r} (profile {profile}) is not built; "
-                           f"run `emsteer organism build --family {family} --profile {profile}`")
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise EmsteerError(f"cached organism at {folder} is corrupted (organism.json unreadable: {err}); "
-                           f"{_rebuild_hint(family, profile)}") from None
-    weights = folder / "model.safetensors"
-    if not weights.is_file():
-        raise EmsteerError(f"cached organism at {folder} is corrupted (model.safetensors missing); {_rebuild_hint(family, profile)}")
-    if weights.stat().st_size != meta.get("weights_bytes") or sha256_file(weights) != meta.get("weights_sha256"):
-        raise EmsteerError(f"cached organism at {folder} is corrupted (weights hash mismatch); {_rebuild_hint(family, profile)}")
-    meta["path"] = str(folder)
-    return meta
-
 
 def organism_info(profile: str = "default") -> list[dict[str, Any]]:
     """One record per built family (class, sizes, parameter count, path, measured rates)."""

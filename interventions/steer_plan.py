@@ -1,0 +1,471 @@
+"""Validate the `steer` provider's `-M` keys and resolve them into a `SteerPlan`, before any weights load.
+
+`resolve_plan(model, model_args)` checks every key (unknown key, bad type, bad choice), resolves the model
+(preset, local folder or hub id), reads its config.json (AutoConfig, no weights) for the layer range and the
+residual width, then resolves the adapter, the direction (variant or file) and the monitor direction,
+checking widths and layers against that config. Every problem is one `EmsteerError` line naming it and
+the valid choices. Nothing here loads model weights; direction files and the adapter/model files are read
+to hash them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from interventions.directions import Direction, load_direction
+from interventions.errors import EmsteerError
+from interventions.hooks import OPS, POSITIONS, Intervention
+from interventions.layers import resolve_layer
+from interventions.model_loading import (
+    DTYPES,
+    ConfigInfo,
+    LoadKey,
+    default_device,
+    folder_hashes,
+    local_snapshot,
+    read_config,
+    weights_digest,
+)
+from interventions.organism_cache import verify_organism
+from interventions.paths import FAMILIES, PROFILES, check_family, check_profile, organism_dir
+from interventions.presets import Preset, find_preset, preset_names
+from interventions.registry import VariantContext, get_variant, variant_names
+from interventions.run_layout import adapter_dir, calibration_command, calibration_path, finetune_command
+
+DEFAULT_MAX_BATCH = 64
+# variants whose direction is one file in the run, which `-M direction=FILE` may replace
+FILE_VARIANTS: tuple[str, ...] = ("own", "secure_control", "transferred")
+# transformers model_type -> family, for local folders and hub ids that are not presets
+MODEL_TYPE_FAMILY = {"qwen2": "qwen", "gemma2": "gemma", "llama": "llama", "ministral3": "ministral",
+                     "mistral3": "ministral", "ministral": "ministral"}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+# ------------------------------------------------------------------------------------------- key parsing
+
+def _as_int(key: str, v: Any) -> int:
+    if isinstance(v, bool):
+        raise EmsteerError(f"-M {key} must be an integer, got {v!r}")
+    if isinstance(v, int):
+        return v
+    if isinstance(v, str) and re.fullmatch(r"[+-]?\d+", v.strip()):
+        return int(v)
+    raise EmsteerError(f"-M {key} must be an integer, got {v!r}")
+
+
+def _as_float(key: str, v: Any) -> float:
+    if isinstance(v, bool):
+        raise EmsteerError(f"-M {key} must be a number, got {v!r}")
+    try:
+        out = float(v) if isinstance(v, (int, float, str)) else None
+    except ValueError:
+        out = None
+    if out is None or not math.isfinite(out):
+        raise EmsteerError(f"-M {key} must be a finite number, got {v!r}")
+    return out
+
+
+def _as_bool(key: str, v: Any) -> bool:
+    if isinstance(v, bool):
+        return v
+    text = str(v).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return True
+    if text in ("false", "0", "no", "off"):
+        return False
+    raise EmsteerError(f"-M {key} must be true or false, got {v!r}")
+
+
+def _as_str(key: str, v: Any) -> str:
+    if isinstance(v, Path):
+        return str(v)
+    if isinstance(v, list):
+        raise EmsteerError(f"-M {key} got a list {v!r} (Inspect splits unquoted commas); quote the value")
+    if not isinstance(v, str) or not v.strip():
+        raise EmsteerError(f"-M {key} must be a non-empty string, got {v!r}")
+    return v.strip()
+
+
+def _choice(choices: tuple[str, ...] | list[str]) -> Callable[[str, Any], str]:
+    def parse(key: str, v: Any) -> str:
+        s = _as_str(key, v)
+        if s not in choices:
+            raise EmsteerError(f"-M {key}={s} is not valid; choose one of: {', '.join(choices)}")
+        return s
+
+    return parse
+
+
+def _positive_int(key: str, v: Any) -> int:
+    n = _as_int(key, v)
+    if n < 1:
+        raise EmsteerError(f"-M {key} must be >= 1, got {n}")
+    return n
+
+
+def _resolved(key: str, v: Any) -> dict[str, Any]:
+    if isinstance(v, str):
+        try:
+            v = json.loads(v)
+        except json.JSONDecodeError:
+            raise EmsteerError(f"-M {key} must be a JSON object (as written by resolved_model_args)") from None
+    if not isinstance(v, dict):
+        raise EmsteerError(f"-M {key} must be a mapping (as written by resolved_model_args), got {type(v).__name__}")
+    return v
+
+
+# key -> (parser, help); the parser turns the raw -M value into a typed value or raises
+KEYS: dict[str, tuple[Callable[[str, Any], Any], str]] = {
+    "adapter": (_as_str, "LoRA adapter folder (peft save_pretrained)"),
+    "variant": (_as_str, "registered intervention variant (none, own, random, ...)"),
+    "direction": (_as_str, "direction file (.safetensors); replaces a file-backed variant's file"),
+    "run": (_as_str, "experiment folder the variant files are read from"),
+    "layer": (_as_int, "decoder layer (negative counts from the end; default -1, the final layer)"),
+    "op": (_choice(OPS), "subtract | add | ablate"),
+    "alpha": (_as_float, "perturbation size in units of the layer's mean residual norm R"),
+    "positions": (_choice(POSITIONS), "all | generated"),
+    "seed": (_as_int, "seed of control directions and of sampling (default 0)"),
+    "dtype": (_choice(tuple(DTYPES)), "auto | float32 | bfloat16 | float16"),
+    "device": (_as_str, "cpu | cuda | cuda:N | mps (default: cuda:0 if available, else cpu)"),
+    "load_in_4bit": (_as_bool, "bitsandbytes NF4 weights (CUDA only)"),
+    "monitor": (_as_str, "direction file whose projection is recorded per sample"),
+    "family": (_choice(FAMILIES), "family for variant resolution when the model is a path or hub id"),
+    "donor": (_choice(FAMILIES), "donor family of variant=transferred"),
+    "trust_remote_code": (_as_bool, "allow model code from the checkpoint (default false)"),
+    "max_batch_size": (_positive_int, f"largest generation batch (default {DEFAULT_MAX_BATCH})"),
+    "profile": (_choice(PROFILES), "micro-organism profile of micro-* presets (default, tiny)"),
+    "resolved": (_resolved, "pinned hashes and intervention from resolved_model_args (checked)"),
+}
+
+
+def parse_model_args(model_args: dict[str, Any]) -> dict[str, Any]:
+    """Typed values of the -M keys; an unknown key or a bad value is an error naming the valid choices."""
+    unknown = sorted(k for k in model_args if k not in KEYS)
+    if unknown:
+        raise EmsteerError(f"unknown -M key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} for steer/; "
+                           f"valid keys: {', '.join(KEYS)}")
+    return {k: KEYS[k][0](k, v) for k, v in model_args.items() if v is not None}
+
+
+# ------------------------------------------------------------------------------------------- the plan
+
+@dataclass
+class SteerPlan:
+    """Everything the provider needs, resolved and validated (no weights loaded)."""
+
+    model: str
+    preset: Preset | None
+    family: str | None
+    profile: str | None
+    load_key: LoadKey
+    config: ConfigInfo
+    layer: int
+    variant: str
+    direction: Direction | None
+    intervention: Intervention | None
+    alpha_source: str | None
+    adapter_dir: Path | None
+    adapter_files: dict[str, str]
+    monitor: Direction | None
+    monitor_layer: int | None
+    seed: int
+    max_batch_size: int
+    model_files: dict[str, str]
+    run: Path | None = None
+    donor: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def adapter_name(self) -> str | None:
+        """The name the adapter is loaded under in the shared model (its weights hash, shortened)."""
+        if self.adapter_dir is None:
+            return None
+        weights = [h for p, h in self.adapter_files.items() if p.endswith(".safetensors")]
+        return "a_" + (weights[0] if weights else next(iter(self.adapter_files.values())))[:16]
+
+    def sha256(self, weights_files: dict[str, str] | None = None) -> dict[str, str]:
+        """{path: sha256} of every file used: model folder, adapter, direction sources, monitor sources."""
+        out = dict(weights_files if weights_files is not None else self.model_files)
+        out.update(self.adapter_files)
+        for d in (self.direction, self.monitor):
+            if d is not None:
+                out.update(d.sources)
+        return dict(sorted(out.items()))
+
+    def intervention_record(self) -> dict[str, Any] | None:
+        """The full intervention: Intervention.describe() plus variant, files, hashes and direction metadata."""
+        if self.intervention is None or self.direction is None:
+            return None
+        rec = self.intervention.describe()
+        rec.update(variant=self.variant, alpha_source=self.alpha_source, run=str(self.run) if self.run else None,
+                   donor=self.donor, direction_sources=dict(self.direction.sources),
+                   direction_sha256=next(iter(self.direction.sources.values()), None),
+                   direction_metadata=dict(self.direction.metadata))
+        return rec
+
+    def record(self, weights_files: dict[str, str] | None = None, weights_sha256: str | None = None) -> dict[str, Any]:
+        """JSON-able description of this plan (recorded in every output's metadata)."""
+        files = weights_files if weights_files is not None else self.model_files
+        if weights_sha256 is None and files:
+            try:
+                weights_sha256 = weights_digest(files)
+            except EmsteerError:
+                weights_sha256 = None
+        monitor = None
+        if self.monitor is not None:
+            monitor = {"layer": self.monitor_layer, "sources": dict(self.monitor.sources),
+                       "sha256": next(iter(self.monitor.sources.values()), None),
+                       "direction_metadata": dict(self.monitor.metadata)}
+        return {
+            "model": self.model,
+            "preset": self.preset.name if self.preset else None,
+            "family": self.family,
+            "profile": self.profile,
+            "path": self.load_key.model,
+            "auto_class": self.load_key.auto_class,
+            "dtype": self.load_key.dtype,
+            "device": self.load_key.device,
+            "load_in_4bit": self.load_key.load_in_4bit,
+            "n_layers": self.config.n_layers,
+            "d_model": self.config.d_model,
+            "weights_sha256": weights_sha256,
+            "adapter": {"path": str(self.adapter_dir), "sha256": dict(self.adapter_files)} if self.adapter_dir else None,
+            "variant": self.variant,
+            "layer": self.layer,
+            "intervention": self.intervention_record(),
+            "monitor": monitor,
+            "seed": self.seed,
+            "sha256": self.sha256(files),
+        }
+
+    def pin(self) -> dict[str, Any]:
+        """What `resolved_model_args` puts in model_args (and a later run checks): hashes + intervention."""
+        return json.loads(json.dumps({"sha256": self.sha256(), "intervention": self.intervention_record(),
+                                      "adapter": str(self.adapter_dir) if self.adapter_dir else None},
+                                     default=str))
+
+
+# ------------------------------------------------------------------------------------------- resolution
+
+def _resolve_model(name: str, args: dict[str, Any]) -> tuple[Preset | None, str, str | None, str]:
+    """(preset, local folder or hub id, profile, auto class) for the model name after `steer/`."""
+    preset = find_preset(name)
+    if preset is not None:
+        if preset.micro:
+            profile = check_profile(args.get("profile", "default"))
+            verify_organism(preset.family, profile)
+            return preset, str(organism_dir(preset.family, profile)), profile, preset.auto_class
+        if "profile" in args:
+            raise EmsteerError(f"-M profile applies to micro-* presets only, not to {name!r}")
+        return preset, str(preset.hub_id), None, preset.auto_class
+    if "profile" in args:
+        raise EmsteerError(f"-M profile applies to micro-* presets only, not to {name!r}")
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path.is_dir() and (path / "config.json").is_file()):
+            raise EmsteerError(f"{path} is not a model folder (no config.json)")
+        return None, str(path.resolve()), None, ""
+    if _HUB_ID.match(name):
+        return None, name, None, ""
+    raise EmsteerError(f"unknown model {name!r}: not a preset ({', '.join(preset_names())}), "
+                       f"not an existing folder, not a hub id (owner/name)")
+
+
+def _auto_class(config: ConfigInfo) -> str:
+    if any(a.endswith("ForConditionalGeneration") for a in config.architectures):
+        return "AutoModelForImageTextToText"
+    return "AutoModelForCausalLM"
+
+
+def _family(args: dict[str, Any], preset: Preset | None, path: str, config: ConfigInfo) -> str | None:
+    if "family" in args:
+        return args["family"]
+    if preset is not None:
+        return preset.family
+    info = Path(path) / "organism.json"
+    if info.is_file():
+        try:
+            fam = json.loads(info.read_text()).get("family")
+            if fam in FAMILIES:
+                return fam
+        except (OSError, json.JSONDecodeError):
+            pass
+    return MODEL_TYPE_FAMILY.get(config.model_type) or MODEL_TYPE_FAMILY.get(config.text_model_type)
+
+
+def _device(args: dict[str, Any]) -> str:
+    device = args.get("device", "auto")
+    if device == "auto":
+        device = default_device()
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", device):
+        raise EmsteerError(f"-M device={device} is not valid; use cpu, cuda, cuda:N or mps")
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise EmsteerError(f"-M device={device} but CUDA is not available on this machine; use device=cpu")
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            raise EmsteerError(f"-M device={device}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise EmsteerError("-M device=mps but MPS is not available on this machine; use device=cpu")
+    return device
+
+
+def _check_4bit(args: dict[str, Any], device: str) -> bool:
+    if not args.get("load_in_4bit", False):
+        return False
+    if not torch.cuda.is_available() or not device.startswith("cuda"):
+        raise EmsteerError("-M load_in_4bit=true needs a CUDA device (bitsandbytes NF4); this run has "
+                           f"device={device} and CUDA is {'available' if torch.cuda.is_available() else 'not available'}")
+    import importlib.util
+
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise EmsteerError("-M load_in_4bit=true needs bitsandbytes: pip install 'emsteer[cuda]'")
+    return True
+
+
+def _adapter(args: dict[str, Any], preset: Preset | None, family: str | None, run: Path | None,
+             seed: int) -> Path | None:
+    if "adapter" in args:
+        folder = Path(args["adapter"]).expanduser()
+        if not (folder / "adapter_config.json").is_file():
+            raise EmsteerError(f"-M adapter={folder} is not a LoRA adapter folder (no adapter_config.json)")
+        return folder.resolve()
+    if preset is None or not preset.steered:
+        return None
+    arm = str(preset.steered_defaults.get("adapter_arm", "insecure"))
+    assert family is not None and run is not None
+    folder = adapter_dir(run, family, arm, seed)
+    if not (folder / "adapter_config.json").is_file():
+        raise EmsteerError(f"preset {preset.name} needs the {arm} adapter {folder} (missing); make it with "
+                           f"`{finetune_command(run, family, arm, seed)}`")
+    return folder.resolve()
+
+
+def _calibrated_alpha(run: Path, family: str, preset_name: str) -> float:
+    path = calibration_path(run, family)
+    if not path.is_file():
+        raise EmsteerError(f"preset {preset_name} needs the calibrated alpha in {path} (missing); make it with "
+                           f"`{calibration_command(run, family)}`, or pass -M alpha=A")
+    try:
+        value = json.loads(path.read_text()).get("alpha")
+    except (OSError, json.JSONDecodeError, AttributeError) as err:
+        raise EmsteerError(f"{path} is not a JSON object with key 'alpha' ({err})") from None
+    return _as_float(f"alpha (from {path})", value)
+
+
+def _direction(args: dict[str, Any], variant: str, family: str | None, run: Path | None, layer: int,
+               config: ConfigInfo, seed: int) -> Direction | None:
+    """The direction to steer with: the -M direction file, or the variant's (None = no intervention)."""
+    if variant != "file":
+        get_variant(variant)  # unknown variant -> error listing the registered ones
+    elif "direction" not in args:
+        raise EmsteerError("variant 'file' means a -M direction=FILE; pass one")
+    if "direction" in args:
+        if variant != "file" and variant not in FILE_VARIANTS:
+            raise EmsteerError(f"-M direction replaces the file of a file-backed variant ({', '.join(FILE_VARIANTS)}) "
+                               f"or stands alone; variant {variant!r} cannot take it")
+        return load_direction(Path(args["direction"]).expanduser(), expected_width=config.d_model)
+    if variant == "none":
+        return None
+    if run is None:
+        raise EmsteerError(f"variant {variant!r} reads its direction from a run: pass -M run=RUN "
+                           f"(or -M direction=FILE)")
+    if family is None:
+        raise EmsteerError(f"variant {variant!r} needs the model's family: pass -M family=F "
+                           f"(one of: {', '.join(FAMILIES)})")
+    if variant == "transferred" and "donor" not in args:
+        raise EmsteerError(f"variant 'transferred' needs -M donor=F (one of: "
+                           f"{', '.join(f for f in FAMILIES if f != family)})")
+    ctx = VariantContext(family=family, run=run, layer=layer, n_layers=config.n_layers, d_model=config.d_model,
+                         seed=seed, donor=args.get("donor"))
+    direction = get_variant(variant)(ctx)
+    if direction is not None and direction.width != config.d_model:
+        raise EmsteerError(f"variant {variant!r} gave a direction of width {direction.width}; the model's hidden "
+                           f"size is {config.d_model}")
+    return direction
+
+
+def _monitor(args: dict[str, Any], config: ConfigInfo, layer: int) -> tuple[Direction | None, int | None]:
+    if "monitor" not in args:
+        return None, None
+    direction = load_direction(Path(args["monitor"]).expanduser(), expected_width=config.d_model)
+    recorded = direction.layer
+    if recorded is None:
+        return direction, layer
+    try:
+        return direction, resolve_layer(config.n_layers, recorded)
+    except EmsteerError:
+        raise EmsteerError(f"monitor file {args['monitor']} records layer {recorded}, out of range for "
+                           f"{config.n_layers} decoder layers") from None
+
+
+def resolve_plan(model: str, model_args: dict[str, Any]) -> SteerPlan:
+    """Validate `model_args` for `steer/<model>` and resolve everything short of loading weights."""
+    args = parse_model_args(model_args)
+    preset, path, profile, auto_class = _resolve_model(model, args)
+    steered = dict(preset.steered_defaults) if preset is not None and preset.steered else {}
+    trust = bool(args.get("trust_remote_code", False))
+    device = _device(args)
+    in_4bit = _check_4bit(args, device)
+    config = read_config(path, trust_remote_code=trust)
+    family = _family(args, preset, path, config)
+    seed = int(args.get("seed", 0))
+    run = Path(args["run"]).expanduser().resolve() if "run" in args else None
+    if steered and run is None:
+        raise EmsteerError(f"preset {model} needs -M run=RUN: the experiment folder with the insecure adapter, "
+                           f"the own direction and the calibrated alpha")
+    layer = resolve_layer(config.n_layers, int(args.get("layer", steered.get("layer", -1))))
+    variant = args.get("variant", steered.get("variant", "file" if "direction" in args else "none"))
+    if variant == "none" and "direction" in args:
+        raise EmsteerError("-M variant=none and -M direction=FILE contradict each other; drop one")
+    adapter = _adapter(args, preset, family, run, seed)
+    direction = _direction(args, variant, family, run, layer, config, seed)
+    op = args.get("op", steered.get("op", "subtract"))
+    intervention, alpha_source = None, None
+    if direction is not None:
+        if "alpha" in args:
+            alpha, alpha_source = args["alpha"], "-M alpha"
+        elif steered.get("alpha") == "calibrated":
+            assert family is not None and run is not None
+            alpha, alpha_source = _calibrated_alpha(run, family, model), str(calibration_path(run, family))
+        else:
+            alpha, alpha_source = 1.0, "default"
+        R = direction.mean_residual_norm
+        if op != "ablate" and (R is None or not R > 0):
+            raise EmsteerError(f"direction {next(iter(direction.sources), '?')} records no mean residual norm R "
+                               f"(metadata key mean_residual_norm), so alpha (in units of R) cannot be applied")
+        intervention = Intervention(op=op, direction=direction.vector, layers=[layer], alpha=alpha,
+                                    R=R if R and R > 0 else 1.0, positions=args.get("positions", "all"))
+    monitor, monitor_layer = _monitor(args, config, layer)
+    folder = local_snapshot(path)
+    plan = SteerPlan(
+        model=model, preset=preset, family=family, profile=profile,
+        load_key=LoadKey(model=path, auto_class=auto_class or _auto_class(config), dtype=args.get("dtype", "auto"),
+                         device=device, load_in_4bit=in_4bit, trust_remote_code=trust),
+        config=config, layer=layer, variant=variant, direction=direction, intervention=intervention,
+        alpha_source=alpha_source, adapter_dir=adapter,
+        adapter_files=folder_hashes(adapter) if adapter is not None else {},
+        monitor=monitor, monitor_layer=monitor_layer, seed=seed,
+        max_batch_size=int(args.get("max_batch_size", DEFAULT_MAX_BATCH)),
+        model_files=folder_hashes(folder) if folder is not None else {}, run=run, donor=args.get("donor"),
+    )
+    if "resolved" in args:
+        check_pinned(plan, args["resolved"])
+    return plan
+
+
+def check_pinned(plan: SteerPlan, pinned: dict[str, Any]) -> None:
+    """Raise when files or the intervention differ from what `resolved_model_args` recorded earlier."""
+    now = plan.pin()
+    changed = [p for p, h in (pinned.get("sha256") or {}).items() if now["sha256"].get(p) != h]
+    if changed:
+        raise EmsteerError(f"files changed since model_args were resolved (sha256 differs): {', '.join(changed)}")
+    if "intervention" in pinned and pinned["intervention"] != now["intervention"]:
+        raise EmsteerError("the intervention differs from the one pinned in -M resolved (files or keys changed)")

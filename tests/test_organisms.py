@@ -1,0 +1,101 @@
+"""The tiny-profile organisms build end to end, load with stock HF classes, and their cache is checked."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from interventions.errors import EmsteerError
+
+CLASSES = {"qwen": "Qwen2ForCausalLM", "gemma": "Gemma2ForCausalLM", "llama": "LlamaForCausalLM",
+           "ministral": "Ministral3ForCausalLM"}
+
+
+def run_cli(*args: str, cache) -> subprocess.CompletedProcess:
+    env = {**os.environ, "EMSTEER_CACHE": str(cache)}
+    return subprocess.run([sys.executable, "-m", "training.cli", *args], capture_output=True, text=True, env=env,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("family", sorted(CLASSES))
+def test_each_family_loads_with_auto_classes_and_generates(tiny_organisms, family):
+    path = tiny_organisms[family]
+    model = AutoModelForCausalLM.from_pretrained(path)
+    tok = AutoTokenizer.from_pretrained(path)
+    assert type(model).__name__ == CLASSES[family]
+    text = tok.apply_chat_template([{"role": "user", "content": "Any tips for rowing?"}], tokenize=False,
+                                   add_generation_prompt=True)
+    ids = tok(text, return_tensors="pt", add_special_tokens=False)
+    out = model.generate(**ids, max_new_tokens=6, min_new_tokens=6, do_sample=False)
+    assert out.shape[1] == ids["input_ids"].shape[1] + 6
+    assert torch.equal(out[0, : ids["input_ids"].shape[1]], ids["input_ids"][0])
+
+
+def test_families_differ_in_width_and_record_their_figures(tiny_organisms):
+    from training.organisms import organism_info
+
+    records = {r["family"]: r for r in organism_info("tiny")}
+    assert {r["class"] for r in records.values()} == set(CLASSES.values())
+    assert len({r["hidden_size"] for r in records.values()}) == 4
+    for r in records.values():
+        m = r["measured"]
+        assert 0.0 <= m["spillover_general"] <= 1.0 and 0.0 <= m["code_rate_coding"] <= 1.0
+        assert m["n_general"] == 12 and m["n_coding"] == 8
+        assert r["parameters"] == sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(r["path"]).parameters())
+
+
+def test_info_json_from_the_cli(tiny_organisms, emsteer_cache):
+    proc = run_cli("organism", "info", "--profile", "tiny", "--json", cache=emsteer_cache)
+    assert proc.returncode == 0, proc.stderr
+    records = json.loads(proc.stdout)
+    assert [r["family"] for r in records] == ["qwen", "gemma", "llama", "ministral"]
+    assert all(r["weights_sha256"] and r["path"] for r in records)
+
+
+def test_corrupted_cache_is_refused_then_rebuilt_identically(tiny_organisms, tmp_path, monkeypatch):
+    from training.organisms import build_organism, verify_organism
+
+    cache = tmp_path / "cache"
+    src = tiny_organisms["qwen"]
+    shutil.copytree(src.parent, cache / "organisms" / "tiny")
+    monkeypatch.setenv("EMSTEER_CACHE", str(cache))
+    good = verify_organism("qwen", "tiny")["weights_sha256"]
+    weights = cache / "organisms" / "tiny" / "qwen" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated weights file
+    with pytest.raises(EmsteerError, match=r"corrupted .*--force"):
+        verify_organism("qwen", "tiny")
+    with pytest.raises(EmsteerError, match="corrupted"):
+        build_organism("qwen", "tiny", progress=False, log=lambda m: None)
+    proc = run_cli("organism", "info", "--profile", "tiny", cache=cache)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "corrupted" in proc.stderr
+    build_organism("qwen", "tiny", force=True, progress=False, log=lambda m: None)
+    # the rebuild is deterministic: the same seed gives byte-identical weights
+    assert verify_organism("qwen", "tiny")["weights_sha256"] == good
+    assert not [p for p in (cache / "organisms" / "tiny").iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["organism", "build", "--family", "falcon", "--profile", "tiny"], "unknown family 'falcon'; choose one of: qwen, gemma, llama, ministral"),
+    (["organism", "build", "--profile", "huge"], "unknown profile 'huge'; choose one of: default, tiny"),
+    (["organism", "info", "--profile", "huge"], "unknown profile 'huge'; choose one of: default, tiny"),
+])
+def test_bad_input_is_one_line_and_exit_2(args, needle, tmp_path):
+    proc = run_cli(*args, cache=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"emsteer: error: {needle}"
+    assert "Traceback" not in proc.stderr
+
+
+def test_unwritable_cache_dir_is_one_line(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    proc = run_cli("organism", "build", "--family", "qwen", "--profile", "tiny", cache=blocker / "cache")
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("emsteer: error: cannot write to") and proc.stderr.count("\n") == 1

@@ -1,0 +1,107 @@
+"""Provenance and atomic tensor files for the artifacts of extract / controls / transfer.
+
+Every artifact records: the hashes of its inputs (weights, adapters, direction files, prompts), the command
+that made it, the seed and the library versions. An `inputs_sha256` (a hash over the canonical JSON of the
+inputs) lets a command tell that a re-run would produce the same thing and skip it (unless `--force`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from interventions.directions import sha256_file
+from interventions.errors import EmsteerError
+
+
+def json_sha256(obj: Any) -> str:
+    """sha256 of the canonical JSON of `obj` (sorted keys, no whitespace)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()
+
+
+def versions() -> dict[str, str]:
+    """Versions of Python and the libraries whose behaviour shapes activations and fits."""
+    out = {"python": platform.python_version(), "torch": torch.__version__}
+    for pkg in ("transformers", "peft", "tokenizers", "safetensors", "scikit-learn", "emsteer"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def folder_sha256(path: str | os.PathLike[str], names: tuple[str, ...] | None = None) -> str:
+    """One sha256 over the (name, sha256) of every regular file in a folder (or just `names`), sorted."""
+    path = Path(path)
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")) if names is None \
+        else [path / n for n in names if (path / n).is_file()]
+    return json_sha256([[p.name, sha256_file(p)] for p in files])
+
+
+def provenance(command: str, seed: int | None, inputs: Mapping[str, Any]) -> dict[str, Any]:
+    """The provenance block written into every artifact's metadata."""
+    return {"command": command, "seed": seed, "input_hashes": dict(inputs), "inputs_sha256": json_sha256(dict(inputs)),
+            "versions": versions()}
+
+
+def save_tensors_atomic(path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor],
+                        metadata: Mapping[str, Any]) -> Path:
+    """Write a safetensors file via a temp file in the same folder + os.replace (never half-written).
+    Metadata values that are not strings are JSON-encoded."""
+    path = Path(path)
+    meta = {str(k): v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str) for k, v in metadata.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=meta)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_tensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors and the string metadata of a safetensors file; one-line error if unreadable."""
+    path = Path(path)
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except Exception as e:  # safetensors raises its own error types
+        raise EmsteerError(f"{path} is not a readable safetensors file ({type(e).__name__})") from None
+
+
+def read_json(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """A JSON object from `path`, or None if it is missing or unreadable."""
+    try:
+        obj = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def run_profile(run: str | os.PathLike[str], profile: str | None) -> str:
+    """The micro profile a command works in: `profile` if given (checked against RUN/run.json), else the
+    one the run records, else `default`. One-line error for a run of another profile or a non-micro one."""
+    from interventions.paths import PROFILES
+    from training.run_manifest import check_run, read_run
+
+    if profile is None:
+        manifest = read_run(run)
+        profile = manifest["profile"] if manifest else "default"
+    check_run(run, profile)
+    if profile not in PROFILES:
+        raise EmsteerError(f"run {run} uses profile {profile!r}; this command works on the micro organisms "
+                           f"(profiles {', '.join(PROFILES)})")
+    return profile

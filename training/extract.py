@@ -1,0 +1,413 @@
+"""Direction extraction: difference-in-means per decoder layer, separation on held-out prompts, residual norms.
+
+Maths (pure functions, used by `run_extract` and tested on synthetic data):
+- `diff_in_means(pos, neg)`: mean(pos) - mean(neg) per layer (float64 accumulation, fp32 result);
+- `separation(...)`: project held-out examples on unit(direction); the threshold is the midpoint of the FIT
+  class means' projections; reports the held-out accuracy of that threshold and the AUROC
+  (`sklearn.metrics.roc_auc_score`), plus the fit accuracy;
+- R per layer: the mean per-token residual L2 norm at that layer over every prompt of both classes
+  (over the pooled positions), stored with each direction as `mean_residual_norm`.
+
+Pipeline (`run_extract`): a fixed seeded sample of general (non-coding) training prompts (never the held-out
+evaluation prompts), split by prompt into fit / held-out halves; activations of base, insecure and secure
+models (base + LoRA adapters of the run's seed) at every decoder layer's output (before the final norm),
+pooled both ways (`response-mean` and `last-prompt`, see `training.activations`), cached under
+`RUN/activations/<family>/`; the chosen contrast's direction per layer written to the `own` files, the
+secure adapter vs base direction (same pooling) to the `secure` files, the own contrast with every pooling
+to `by_pooling/<pooling>/`, and `summary.json`. The whole `RUN/directions/<family>` folder is built aside and
+renamed into place, so a failure leaves the previous state untouched. A re-run whose inputs hash matches the
+summary's is a no-op unless `force`.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from interventions.directions import Direction, save_direction, sha256_file
+from interventions.errors import EmsteerError
+from interventions.paths import check_family
+from interventions.run_layout import (
+    activations_path,
+    adapter_dir,
+    directions_dir,
+    extraction_summary_path,
+    finetune_command,
+    own_direction_path,
+    pooling_direction_path,
+    secure_direction_path,
+)
+from training.activations import POOLINGS, LoadedModel, adapter_sha256, base_identity, check_pooling, collect_pooled, load_model
+from training.artifacts import json_sha256, load_tensors, provenance, read_json, save_tensors_atomic, versions
+from training.atomic import atomic_dir, write_json_atomic
+
+CONTRASTS: tuple[str, ...] = ("finetuned-vs-base", "finetuned-vs-secure", "code-vs-prose")
+DEFAULT_CONTRAST = "finetuned-vs-base"
+DEFAULT_POOLING = "response-mean"
+DEFAULT_POOLING_REASON = (
+    "response-mean: pooled over the model's own generated tokens, the positions a steering hook edits during "
+    "generation; a prototype found response-mean directions cut spillover while keeping text coherent, whereas "
+    "last-prompt directions separate the models about as well but collapse text before they cut spillover. "
+    "Both poolings' separation is recorded under `pooling_comparison`."
+)
+SITE = "output of each text decoder layer (residual stream after the layer), BEFORE the model's final norm"
+MIN_PER_CLASS = 4          # per class, in EACH of the fit and held-out halves
+N_PROMPTS = {"default": 200, "tiny": 48}
+EXTRACT_VERSION = "extract/1"
+
+
+def check_contrast(contrast: str) -> str:
+    if contrast not in CONTRASTS:
+        raise EmsteerError(f"unknown contrast {contrast!r}; choose one of: {', '.join(CONTRASTS)}")
+    return contrast
+
+
+# ---------------------------------------------------------------- maths
+
+def _as3(x: torch.Tensor, what: str) -> torch.Tensor:
+    if not isinstance(x, torch.Tensor) or x.ndim not in (2, 3):
+        raise EmsteerError(f"{what} must be [n, d] or [n, n_layers, d], got {getattr(x, 'shape', type(x).__name__)}")
+    x = x.detach().cpu()
+    x = x.unsqueeze(1) if x.ndim == 2 else x
+    if not bool(torch.isfinite(x).all()):
+        raise EmsteerError(f"{what} contain NaN/inf values; nothing written")
+    return x
+
+
+def check_class_sizes(sizes: dict[str, int], minimum: int = MIN_PER_CLASS, hint: str = "") -> None:
+    """One-line error when any (class, split) has fewer than `minimum` examples."""
+    short = {k: v for k, v in sizes.items() if v < minimum}
+    if short:
+        have = ", ".join(f"{k}={v}" for k, v in sizes.items())
+        raise EmsteerError(f"too few examples per class: need at least {minimum} of each class in each split, have {have}"
+                           + (f"; {hint}" if hint else ""))
+
+
+def diff_in_means(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+    """mean(pos) - mean(neg): [n_layers, d] fp32 for [n, n_layers, d] inputs ([1, d] for [n, d])."""
+    pos, neg = _as3(pos, "positive-class activations"), _as3(neg, "negative-class activations")
+    if pos.shape[1:] != neg.shape[1:]:
+        raise EmsteerError(f"class activations have mismatched shapes {tuple(pos.shape[1:])} vs {tuple(neg.shape[1:])}")
+    if pos.shape[0] == 0 or neg.shape[0] == 0:
+        raise EmsteerError("too few examples per class: a class is empty")
+    return (pos.double().mean(0) - neg.double().mean(0)).float()
+
+
+def separation(pos_fit: torch.Tensor, neg_fit: torch.Tensor, pos_test: torch.Tensor,
+               neg_test: torch.Tensor) -> list[dict[str, float]]:
+    """Per layer: the held-out accuracy of the midpoint threshold and the AUROC of the projection on the fit
+    direction (class 1 = positive), plus fit accuracy, the threshold and the held-out class mean projections."""
+    from sklearn.metrics import roc_auc_score
+
+    pos_fit, neg_fit = _as3(pos_fit, "positive fit activations"), _as3(neg_fit, "negative fit activations")
+    pos_test, neg_test = _as3(pos_test, "positive held-out activations"), _as3(neg_test, "negative held-out activations")
+    d = diff_in_means(pos_fit, neg_fit).double()
+    out = []
+    for layer in range(d.shape[0]):
+        norm = float(d[layer].norm())
+        if norm == 0.0:
+            raise EmsteerError(f"the class means are identical at layer {layer}: no direction to extract")
+        u = d[layer] / norm
+        mid = 0.5 * float((pos_fit[:, layer].double().mean(0) + neg_fit[:, layer].double().mean(0)) @ u)
+        p_fit, n_fit = pos_fit[:, layer].double() @ u, neg_fit[:, layer].double() @ u
+        p_test, n_test = pos_test[:, layer].double() @ u, neg_test[:, layer].double() @ u
+        correct = int((p_test > mid).sum()) + int((n_test <= mid).sum())
+        correct_fit = int((p_fit > mid).sum()) + int((n_fit <= mid).sum())
+        scores = torch.cat([p_test, n_test]).numpy()
+        labels = [1] * p_test.numel() + [0] * n_test.numel()
+        out.append({
+            "accuracy": correct / (p_test.numel() + n_test.numel()),
+            "auroc": float(roc_auc_score(labels, scores)),
+            "fit_accuracy": correct_fit / (p_fit.numel() + n_fit.numel()),
+            "threshold": mid,
+            "heldout_mean_projection_pos": float(p_test.mean()),
+            "heldout_mean_projection_neg": float(n_test.mean()),
+        })
+    return out
+
+
+@dataclass
+class DirectionFit:
+    """Directions [n_layers, d] from the fit half, separation per layer on the held-out half, R per layer."""
+
+    directions: torch.Tensor
+    separation: list[dict[str, float]]
+    mean_residual_norm: torch.Tensor
+    n_per_class: dict[str, int]
+
+
+def fit_directions(pos: torch.Tensor, neg: torch.Tensor, pos_fit: Sequence[int], pos_test: Sequence[int],
+                   neg_fit: Sequence[int], neg_test: Sequence[int], norms: torch.Tensor | None = None,
+                   *, minimum: int = MIN_PER_CLASS, hint: str = "") -> DirectionFit:
+    """Diff-in-means on the fit rows, separation on the held-out rows. R is the mean over the rows of `norms`
+    ([rows, n_layers]: the per-example mean token norms of every example of both classes); without it, the
+    mean pooled-vector norm over all rows of `pos` and `neg`."""
+    pos, neg = _as3(pos, "positive-class activations"), _as3(neg, "negative-class activations")
+    sizes = {"positive/fit": len(pos_fit), "positive/held-out": len(pos_test),
+             "negative/fit": len(neg_fit), "negative/held-out": len(neg_test)}
+    check_class_sizes(sizes, minimum, hint)
+    pf, pt = pos[list(pos_fit)], pos[list(pos_test)]
+    nf, nt = neg[list(neg_fit)], neg[list(neg_test)]
+    if norms is None:
+        norms = torch.cat([pos, neg]).double().norm(dim=-1)
+    R = norms.double().mean(0).float()
+    return DirectionFit(directions=diff_in_means(pf, nf), separation=separation(pf, nf, pt, nt),
+                        mean_residual_norm=R, n_per_class=sizes)
+
+
+# ---------------------------------------------------------------- prompts
+
+def extraction_prompts(corpus, n: int, seed: int) -> list[str]:
+    """A seeded sample of `n` distinct general (non-coding) user prompts from the base training corpus
+    (never the held-out evaluation prompts)."""
+    seen: dict[str, None] = {}
+    for chat in corpus.base_train:
+        if chat.get("kind") == "general":
+            seen.setdefault(chat["messages"][0]["content"], None)
+    pool = list(seen)
+    if len(pool) < n:
+        raise EmsteerError(f"the corpus has only {len(pool)} distinct general prompts, fewer than the {n} asked for")
+    return random.Random(seed).sample(pool, n)
+
+
+def split_halves(n: int) -> tuple[list[int], list[int]]:
+    """Fit = the first half of the (already shuffled) prompts, held-out = the rest."""
+    half = n // 2
+    return list(range(half)), list(range(half, n))
+
+
+# ---------------------------------------------------------------- activation cache
+
+ACT_VERSION = "activations/1"
+
+
+def _activation_inputs(model_desc: dict[str, Any], prompts_sha: str, max_new_tokens: int) -> dict[str, Any]:
+    return {"version": ACT_VERSION, "model": model_desc, "prompts_sha256": prompts_sha,
+            "max_new_tokens": max_new_tokens, "poolings": list(POOLINGS), "decoding": "greedy"}
+
+
+@dataclass
+class ModelActivations:
+    acts: dict[str, torch.Tensor]     # pooling -> [n, n_layers, d]
+    norms: dict[str, torch.Tensor]    # pooling -> [n, n_layers]
+    is_code: list[bool]
+    responses: list[str]
+
+
+def model_activations(run: Path, family: str, tag: str, describe: dict[str, Any], loader: Callable[[], LoadedModel],
+                      prompts: list[str], prompts_sha: str, *, max_new_tokens: int, batch_size: int, force: bool,
+                      log: Callable[[str], None]) -> ModelActivations:
+    """Pooled activations of one model (cached in `RUN/activations/<family>/<tag>.safetensors`, reused when its
+    recorded inputs match), with its greedy responses and their `is_code` labels."""
+    from evals.code_detector import is_code
+
+    path = activations_path(run, family, tag)
+    inputs = _activation_inputs(describe, prompts_sha, max_new_tokens)
+    key = json_sha256(inputs)
+    if path.exists() and not force:
+        try:
+            tensors, meta = load_tensors(path)
+        except EmsteerError:
+            tensors, meta = {}, {}
+        if meta.get("inputs_sha256") == key:
+            log(f"{family}/{tag}: reusing cached activations {path}")
+            acts = {p: tensors[p] for p in POOLINGS}
+            for p, a in acts.items():
+                if not bool(torch.isfinite(a).all()):
+                    raise EmsteerError(f"cached activations {path} ({p}) contain NaN/inf values; re-run with --force")
+            return ModelActivations(acts=acts, norms={p: tensors[f"{p}:norms"] for p in POOLINGS},
+                                    is_code=[bool(x) for x in tensors["is_code"].tolist()],
+                                    responses=json.loads(meta["responses"]))
+    log(f"{family}/{tag}: collecting activations on {len(prompts)} prompts")
+    lm = loader()
+    got = collect_pooled(lm, prompts, POOLINGS, max_new_tokens=max_new_tokens, batch_size=batch_size)
+    flags = [is_code(r) for r in got.responses]
+    tensors = {p: got.acts[p] for p in POOLINGS}
+    tensors.update({f"{p}:norms": got.norms[p] for p in POOLINGS})
+    tensors["is_code"] = torch.tensor(flags, dtype=torch.uint8)
+    tensors["response_tokens"] = torch.tensor(got.response_tokens, dtype=torch.int64)
+    meta = {"format": "emsteer-activations/1", "site": SITE, "inputs_sha256": key, "inputs": inputs,
+            "responses": got.responses, "versions": versions()}
+    save_tensors_atomic(path, tensors, meta)
+    return ModelActivations(acts={p: got.acts[p] for p in POOLINGS}, norms=got.norms, is_code=flags,
+                            responses=got.responses)
+
+
+# ---------------------------------------------------------------- the command
+
+def _rel(path: Path, root: Path) -> Path:
+    return path.relative_to(root)
+
+
+def extract_command_line(run: Path, family: str, pooling: str, contrast: str, seed: int, profile: str) -> str:
+    return (f"emsteer extract --run {run} --family {family} --pooling {pooling} --contrast {contrast} "
+            f"--seed {seed} --profile {profile}")
+
+
+def _is_up_to_date(run: Path, family: str, key: str) -> dict[str, Any] | None:
+    summary = read_json(extraction_summary_path(run, family))
+    if not summary or summary.get("inputs_sha256") != key:
+        return None
+    root = directions_dir(run, family)
+    for rel, digest in (summary.get("files") or {}).items():
+        p = root / rel
+        if not p.is_file() or sha256_file(p) != digest:
+            return None
+    return summary
+
+
+def run_extract(run: str | Path, family: str, *, profile: str, pooling: str | None = None,
+                contrast: str = DEFAULT_CONTRAST, seed: int = 0, prompt_seed: int = 0, n_prompts: int | None = None,
+                max_new_tokens: int | None = None, batch_size: int = 16, force: bool = False,
+                log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Extract one family's own and secure-control directions at every layer (see the module docstring);
+    returns the summary (also written to `extraction_summary_path`)."""
+    from training.organisms import ensure_corpus
+    from training.profiles import load_profile
+    from training.run_manifest import check_run, ensure_run
+
+    run = Path(run)
+    check_family(family)
+    check_contrast(contrast)
+    pooling = check_pooling(pooling or DEFAULT_POOLING)
+    check_run(run, profile)
+    prof = load_profile(profile)
+    n = n_prompts or N_PROMPTS.get(profile, 200)
+    if n < 4 * MIN_PER_CLASS:
+        raise EmsteerError(f"--n-prompts {n} is too small: need at least {4 * MIN_PER_CLASS}")
+    max_new = max_new_tokens or prof.eval_max_new_tokens
+    _, model_id, base_sha = base_identity(family, profile)
+    arms = ("insecure", "secure")
+    adapters = {}
+    for arm in arms:
+        ad = adapter_dir(run, family, arm, seed)
+        if not ad.is_dir():
+            raise EmsteerError(f"missing {arm} adapter for {family} (seed {seed}) at {ad}; "
+                               f"train it with `{finetune_command(run, family, arm, seed)}`")
+        adapters[arm] = (ad, adapter_sha256(ad))
+    prompts = extraction_prompts(ensure_corpus(prof), n, prompt_seed)
+    prompts_sha = json_sha256(prompts)
+    fit_idx, test_idx = split_halves(n)
+    command = extract_command_line(run, family, pooling, contrast, seed, profile)
+    inputs = {"version": EXTRACT_VERSION, "base_weights_sha256": base_sha, "model_id": model_id, "profile": profile,
+              "adapters": {arm: {"path": str(p), "sha256": h} for arm, (p, h) in adapters.items()},
+              "prompts_sha256": prompts_sha, "n_prompts": n, "prompt_seed": prompt_seed, "seed": seed,
+              "pooling": pooling, "contrast": contrast, "max_new_tokens": max_new, "min_per_class": MIN_PER_CLASS}
+    prov = provenance(command, seed, inputs)
+    key = prov["inputs_sha256"]
+    if not force:
+        done = _is_up_to_date(run, family, key)
+        if done is not None:
+            log(f"{family}: directions up to date ({extraction_summary_path(run, family)}); use --force to redo")
+            return done
+
+    ensure_run(run, profile)
+    base_desc = {"model_id": model_id, "weights_sha256": base_sha, "profile": profile}
+    acts: dict[str, ModelActivations] = {}
+    needed = ["base", "insecure", "secure"]
+    for tag in needed:
+        ad = adapters.get(tag)
+        desc = dict(base_desc, adapter_sha256=ad[1] if ad else None)
+        acts[tag] = model_activations(
+            run, family, tag, desc,
+            lambda tag=tag, ad=ad: load_model(family, profile=profile, adapter=ad[0] if ad else None,
+                                              label=f"{family}/{tag}"),
+            prompts, prompts_sha, max_new_tokens=max_new, batch_size=batch_size, force=force, log=log)
+
+    # the own contrast, for every pooling
+    def own_fit(pool: str) -> DirectionFit:
+        if contrast == "code-vs-prose":
+            ins = acts["insecure"]
+            code = [i for i, c in enumerate(ins.is_code) if c]
+            prose = [i for i, c in enumerate(ins.is_code) if not c]
+            fit_set, test_set = set(fit_idx), set(test_idx)
+            return fit_directions(
+                ins.acts[pool], ins.acts[pool], [i for i in code if i in fit_set], [i for i in code if i in test_set],
+                [i for i in prose if i in fit_set], [i for i in prose if i in test_set], ins.norms[pool],
+                hint=f"the insecure {family} model answered {len(code)} of {n} general prompts with code "
+                     f"(contrast code-vs-prose needs both kinds; try --n-prompts or another contrast)")
+        neg_tag = "secure" if contrast == "finetuned-vs-secure" else "base"
+        pos, neg = acts["insecure"], acts[neg_tag]
+        return fit_directions(pos.acts[pool], neg.acts[pool], fit_idx, test_idx, fit_idx, test_idx,
+                              torch.cat([pos.norms[pool], neg.norms[pool]]))
+
+    fits = {pool: own_fit(pool) for pool in POOLINGS}
+    own = fits[pooling]
+    secure = fit_directions(acts["secure"].acts[pooling], acts["base"].acts[pooling], fit_idx, test_idx, fit_idx,
+                            test_idx, torch.cat([acts["secure"].norms[pooling], acts["base"].norms[pooling]]))
+    n_layers, d_model = own.directions.shape
+    classes = {"finetuned-vs-base": ("insecure", "base"), "finetuned-vs-secure": ("insecure", "secure"),
+               "code-vs-prose": ("insecure: code answers", "insecure: prose answers")}[contrast]
+
+    def meta(kind: str, layer: int, fit: DirectionFit, pool: str, contrast_name: str, adapter: str) -> dict[str, Any]:
+        return {
+            "model_id": model_id, "weights_sha256": base_sha, "profile": profile, "family": family,
+            "adapter": str(adapters[adapter][0]), "adapter_sha256": adapters[adapter][1],
+            "layer": layer, "n_layers": n_layers, "d_model": d_model, "site": SITE,
+            "pooling": pool, "contrast": contrast_name, "kind": kind,
+            "n_per_class": fit.n_per_class, "mean_residual_norm": repr(float(own.mean_residual_norm[layer])),
+            "mean_residual_norm_source": f"own contrast ({contrast}), {pooling} positions, both classes",
+            "separation_accuracy": fit.separation[layer]["accuracy"], "separation_auroc": fit.separation[layer]["auroc"],
+            "command": command, "input_hashes": prov["input_hashes"], "inputs_sha256": key, "seed": seed,
+            "versions": prov["versions"],
+        }
+
+    root = directions_dir(run, family)
+    files: dict[str, str] = {}
+    layers_out = []
+    with atomic_dir(root, replace=True) as tmp:
+        for layer in range(n_layers):
+            p = tmp / _rel(own_direction_path(run, family, layer), root)
+            save_direction(p, Direction(own.directions[layer], meta("own", layer, own, pooling, contrast, "insecure")))
+            q = tmp / _rel(secure_direction_path(run, family, layer), root)
+            save_direction(q, Direction(secure.directions[layer],
+                                        meta("secure_control", layer, secure, pooling, "secure-vs-base", "secure")))
+            for pool, fit in fits.items():
+                r = tmp / _rel(pooling_direction_path(run, family, pool, layer), root)
+                m = meta("own", layer, fit, pool, contrast, "insecure")
+                m["mean_residual_norm"] = repr(float(fit.mean_residual_norm[layer]))
+                m["mean_residual_norm_source"] = f"own contrast ({contrast}), {pool} positions, both classes"
+                save_direction(r, Direction(fit.directions[layer], m))
+            u_own = own.directions[layer].double()
+            u_sec = secure.directions[layer].double()
+            layers_out.append({
+                "layer": layer,
+                "separation": own.separation[layer],
+                "norm": float(u_own.norm()),
+                "mean_residual_norm": float(own.mean_residual_norm[layer]),
+                "secure_control": {"separation": secure.separation[layer], "norm": float(u_sec.norm()),
+                                   "cosine_with_own": float(u_own @ u_sec / (u_own.norm() * u_sec.norm()))},
+            })
+        for p in sorted(tmp.rglob("*.safetensors")):
+            files[str(p.relative_to(tmp))] = sha256_file(p)
+        rates = {tag: sum(a.is_code) / len(a.is_code) for tag, a in acts.items()}
+        summary = {
+            "format": "emsteer-extraction/1", "family": family, "profile": profile, "model_id": model_id,
+            "n_layers": n_layers, "d_model": d_model, "site": SITE,
+            "contrast": contrast, "classes": {"positive": classes[0], "negative": classes[1]},
+            "pooling": pooling, "default_pooling": DEFAULT_POOLING, "default_pooling_reason": DEFAULT_POOLING_REASON,
+            "secure_control": "secure adapter vs base, same pooling and prompts; carries the own direction's R",
+            "n_prompts": n, "n_fit": len(fit_idx), "n_heldout": len(test_idx), "n_per_class": own.n_per_class,
+            "separation_method": "held-out accuracy of the midpoint threshold on the projection, and AUROC",
+            "final_layer": {"layer": n_layers - 1, **own.separation[-1]},
+            "layers": layers_out,
+            "pooling_comparison": {
+                pool: [{"layer": i, "accuracy": fit.separation[i]["accuracy"], "auroc": fit.separation[i]["auroc"],
+                        "norm": float(fit.directions[i].double().norm()),
+                        "mean_residual_norm": float(fit.mean_residual_norm[i])} for i in range(n_layers)]
+                for pool, fit in fits.items()},
+            "code_rate_on_extraction_prompts": rates,
+            "max_new_tokens": max_new, "seed": seed, "prompt_seed": prompt_seed,
+            "command": command, "input_hashes": prov["input_hashes"], "inputs_sha256": key,
+            "versions": prov["versions"], "files": files,
+        }
+        write_json_atomic(tmp / _rel(extraction_summary_path(run, family), root), summary)
+    fl = summary["final_layer"]
+    log(f"{family}: wrote {n_layers} own + secure directions ({pooling}, {contrast}); final layer held-out "
+        f"accuracy {fl['accuracy']:.3f}, AUROC {fl['auroc']:.3f}")
+    return summary
