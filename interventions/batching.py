@@ -1,8 +1,9 @@
 """Gather concurrent generate requests into batches and run them on a shared model in a worker thread.
 
 Inspect calls `generate()` once per sample, concurrently. `Batcher.submit` queues the request; one worker
-task per (event loop, loaded model) waits briefly for more requests (`LINGER_S` after the last arrival, at
-most `MAX_WAIT_S`), takes the oldest request's group (same generation settings and same steering) up to
+task per (event loop, loaded model) gathers requests until the event loop goes idle (no other task ready
+to run and no new request for a few polls: every sample that will ask soon has asked) or `MAX_WAIT_S`
+passed, takes the oldest request's group (same generation settings and same steering) up to
 its max batch size, and runs it with `run_batch` on the model's single worker thread, so batches on one
 model never overlap (the steering hooks live on shared modules). Requests that arrive meanwhile form the
 next batch.
@@ -33,8 +34,10 @@ from interventions.layers import unwrap_model
 from interventions.model_loading import LoadedModel
 from interventions.sampling import RowSampler
 
-LINGER_S = 0.02
-MAX_WAIT_S = 0.25
+MAX_WAIT_S = 0.5  # longest the oldest request waits for company
+IDLE_ROUNDS = 3  # consecutive idle checks (no other ready task, no new request) before a batch starts
+IDLE_ROUNDTRIP_S = 0.001  # an `await asyncio.sleep(0)` slower than this means other tasks ran
+IDLE_POLL_S = 0.002
 
 
 @dataclass(frozen=True)
@@ -177,7 +180,6 @@ class Batcher:
         self.loaded = loaded
         self.loop = loop
         self.pending: collections.deque[Request] = collections.deque()
-        self.arrived = asyncio.Event()
         self.task: asyncio.Task | None = None
         self.batches: list[int] = []  # sizes of the batches run (diagnostics and tests)
 
@@ -185,26 +187,29 @@ class Batcher:
         """Queue one request and wait for its row."""
         req = Request(text=text, seed=seed, settings=settings, steering=steering, future=self.loop.create_future())
         self.pending.append(req)
-        self.arrived.set()
         if self.task is None or self.task.done():
             self.task = self.loop.create_task(self._work())
         return await req.future
 
     async def _gather(self) -> None:
-        """Wait until the oldest request's group is full, nothing new came for LINGER_S, or MAX_WAIT_S passed."""
+        """Wait until the oldest request's group is full, the event loop has gone idle (every other task is
+        waiting, so no request is about to arrive), or MAX_WAIT_S passed."""
         deadline = self.loop.time() + MAX_WAIT_S
+        quiet = 0
         while True:
             head = self.pending[0]
             if sum(1 for r in self.pending if r.group == head.group) >= head.steering.max_batch_size:
                 return
-            remaining = deadline - self.loop.time()
-            if remaining <= 0:
+            if self.loop.time() >= deadline:
                 return
-            self.arrived.clear()
-            try:
-                await asyncio.wait_for(self.arrived.wait(), timeout=min(LINGER_S, remaining))
-            except asyncio.TimeoutError:
+            n, t = len(self.pending), time.perf_counter()
+            await asyncio.sleep(0)  # lets every ready task run once; returns at once when none is ready
+            busy = time.perf_counter() - t > IDLE_ROUNDTRIP_S or len(self.pending) != n
+            quiet = 0 if busy else quiet + 1
+            if quiet >= IDLE_ROUNDS:
                 return
+            if quiet:
+                await asyncio.sleep(IDLE_POLL_S)
 
     def _take(self) -> list[Request]:
         head = self.pending[0]

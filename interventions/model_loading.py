@@ -241,11 +241,8 @@ def _load(key: LoadKey, model_type: str) -> LoadedModel:
         compute = DTYPES[key.dtype] if key.dtype not in ("auto", "float32", "fp32") else torch.bfloat16
         kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                            bnb_4bit_compute_dtype=compute)
-        kwargs["device_map"] = key.device
     try:
-        model = loader.from_pretrained(key.model, **kwargs)
-        if not key.load_in_4bit:
-            model = model.to(key.device)
+        model = loader.from_pretrained(key.model, device_map=key.device, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(key.model, trust_remote_code=key.trust_remote_code)
     except Exception as err:  # noqa: BLE001
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__

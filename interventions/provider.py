@@ -8,7 +8,8 @@ any weights load, then takes the process-wide shared model (`model_loading`: one
 adapters loaded into it by name). `generate()` renders the chat template once, queues the request on the
 model's batcher (`batching`) and waits for its row. Greedy when temperature is 0 or None; with a
 temperature, each request samples with its own seed (`sampling.row_seed`: -M seed or Inspect's --seed,
-the templated prompt and its occurrence number), so a completion does not depend on its batch.
+the templated prompt and how many earlier requests of this eval had the same prompt and settings, e.g.
+epochs), so a completion does not depend on its batch, and a rerun draws the same completions.
 
 Every output's metadata holds `steer`: the full record of model, adapter, intervention and monitor with
 the sha256 of every file used; `steer_sample`: the sample seed, batch size and monitor projections.
@@ -19,7 +20,9 @@ recorded there too; they are checked against the files when the model is built a
 
 from __future__ import annotations
 
+import asyncio
 import collections
+import weakref
 from typing import Any
 
 from inspect_ai.model import (
@@ -84,7 +87,9 @@ class SteerAPI(ModelAPI):
                                  max_batch_size=self.plan.max_batch_size)
         self.record: dict[str, Any] = self.plan.record(self.loaded.files or None,
                                                        self.loaded.weights_sha256 if self.loaded.files else None)
-        self._occurrences: collections.Counter[tuple[str, GenSettings, int]] = collections.Counter()
+        # per event loop (one per eval() call): a repeated eval in one process draws the same seeds
+        self._occurrences: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, collections.Counter] = (
+            weakref.WeakKeyDictionary())
 
     # ----------------------------------------------------------------------------- Inspect hooks
 
@@ -130,9 +135,10 @@ class SteerAPI(ModelAPI):
         text = self.encode(input)
         settings = self.settings(config)
         base_seed = config.seed if config.seed is not None else self.plan.seed
+        counter = self._occurrences.setdefault(asyncio.get_running_loop(), collections.Counter())
         key = (text, settings, base_seed)
-        occurrence = self._occurrences[key]
-        self._occurrences[key] += 1
+        occurrence = counter[key]
+        counter[key] += 1
         seed = row_seed(base_seed, text, occurrence)
         row = await batcher_for(self.loaded).submit(text, seed, settings, self.steering)
         choice = ChatCompletionChoice(

@@ -4,6 +4,10 @@ commands that make them (quoted in errors when a file is missing).
     RUN/directions/<family>/own/layer_<i>.safetensors       own direction (insecure finetune vs base), per layer
     RUN/directions/<family>/secure/layer_<i>.safetensors    secure-control direction (secure finetune vs base)
     RUN/transfer/<donor>_to_<receiver>/direction.safetensors  donor's direction mapped into the receiver's space
+    RUN/transfer/<donor>_to_<receiver>/{map,random_<k>}.safetensors, summary.json   ridge map, its controls, figures
+    RUN/directions/<family>/summary.json, by_pooling/<pooling>/layer_<i>.safetensors   extraction record, both poolings
+    RUN/activations/<family>/<model>.safetensors              pooled activations (cache for extract)
+    RUN/controls/<family>/summary.json, layer_<i>_seed_<s>/   materialised controls (the variants recompute them)
 
 Random, orthogonal and wrong-layer controls are derived from the own files deterministically (seeded), so they
 need no files of their own. Layer indices in file names are non-negative.

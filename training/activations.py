@@ -100,6 +100,20 @@ def adapter_sha256(adapter: str | Path) -> str:
     return folder_sha256(adapter, ADAPTER_FILES)
 
 
+def check_adapter_base(adapter: str | Path, weights_sha256: str, what: str = "") -> None:
+    """One-line error when the adapter's `finetune.json` says it was trained on other base weights."""
+    import json
+
+    meta_path = Path(adapter) / "finetune.json"
+    try:
+        recorded = json.loads(meta_path.read_text()).get("base_model", {}).get("weights_sha256")
+    except (OSError, ValueError, AttributeError):
+        return  # no record (e.g. an adapter made elsewhere): nothing to check against
+    if recorded and recorded != weights_sha256:
+        raise EmsteerError(f"{what or 'adapter'} at {adapter} was trained on other base weights "
+                           f"({recorded[:12]}..., the base is now {weights_sha256[:12]}...); retrain it with --force")
+
+
 def load_model(source: str | Path, *, profile: str = "default", adapter: str | Path | None = None,
                label: str | None = None) -> LoadedModel:
     """Load a base (a micro organism family name or a local model folder) in fp32 on CPU, eval mode, with an
@@ -109,6 +123,8 @@ def load_model(source: str | Path, *, profile: str = "default", adapter: str | P
 
     path, model_id, weights_sha = base_identity(source, profile)
     ad_sha = adapter_sha256(adapter) if adapter is not None else None
+    if adapter is not None:
+        check_adapter_base(adapter, weights_sha)
     tokenizer = AutoTokenizer.from_pretrained(path)
     if not getattr(tokenizer, "is_fast", False):
         raise EmsteerError(f"{path}: a fast tokenizer is required (character offsets are needed)")

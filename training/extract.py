@@ -42,7 +42,16 @@ from interventions.run_layout import (
     pooling_direction_path,
     secure_direction_path,
 )
-from training.activations import POOLINGS, LoadedModel, adapter_sha256, base_identity, check_pooling, collect_pooled, load_model
+from training.activations import (
+    POOLINGS,
+    LoadedModel,
+    adapter_sha256,
+    base_identity,
+    check_adapter_base,
+    check_pooling,
+    collect_pooled,
+    load_model,
+)
 from training.artifacts import json_sha256, load_tensors, provenance, read_json, save_tensors_atomic, versions
 from training.atomic import atomic_dir, write_json_atomic
 
@@ -261,6 +270,24 @@ def _is_up_to_date(run: Path, family: str, key: str) -> dict[str, Any] | None:
     return summary
 
 
+def check_extract_inputs(run: str | Path, family: str, profile: str, seed: int
+                         ) -> tuple[str, str, dict[str, tuple[Path, str]]]:
+    """Validate, loading nothing: the organism is built and intact, and the run has the insecure and secure
+    adapters of `seed`, trained on these base weights. Returns (model id, base weights sha256,
+    {arm: (adapter folder, adapter sha256)})."""
+    check_family(family)
+    _, model_id, base_sha = base_identity(family, profile)
+    adapters: dict[str, tuple[Path, str]] = {}
+    for arm in ("insecure", "secure"):
+        ad = adapter_dir(run, family, arm, seed)
+        if not ad.is_dir():
+            raise EmsteerError(f"missing {arm} adapter for {family} (seed {seed}) at {ad}; "
+                               f"train it with `{finetune_command(run, family, arm, seed)}`")
+        adapters[arm] = (ad, adapter_sha256(ad))
+        check_adapter_base(ad, base_sha, f"{arm} adapter of {family}")
+    return model_id, base_sha, adapters
+
+
 def run_extract(run: str | Path, family: str, *, profile: str, pooling: str | None = None,
                 contrast: str = DEFAULT_CONTRAST, seed: int = 0, prompt_seed: int = 0, n_prompts: int | None = None,
                 max_new_tokens: int | None = None, batch_size: int = 16, force: bool = False,
@@ -281,15 +308,7 @@ def run_extract(run: str | Path, family: str, *, profile: str, pooling: str | No
     if n < 4 * MIN_PER_CLASS:
         raise EmsteerError(f"--n-prompts {n} is too small: need at least {4 * MIN_PER_CLASS}")
     max_new = max_new_tokens or prof.eval_max_new_tokens
-    _, model_id, base_sha = base_identity(family, profile)
-    arms = ("insecure", "secure")
-    adapters = {}
-    for arm in arms:
-        ad = adapter_dir(run, family, arm, seed)
-        if not ad.is_dir():
-            raise EmsteerError(f"missing {arm} adapter for {family} (seed {seed}) at {ad}; "
-                               f"train it with `{finetune_command(run, family, arm, seed)}`")
-        adapters[arm] = (ad, adapter_sha256(ad))
+    model_id, base_sha, adapters = check_extract_inputs(run, family, profile, seed)
     prompts = extraction_prompts(ensure_corpus(prof), n, prompt_seed)
     prompts_sha = json_sha256(prompts)
     fit_idx, test_idx = split_halves(n)

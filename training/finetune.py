@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import hashlib
 import json
 import math
@@ -120,6 +121,21 @@ def load_settings(profile: str) -> FinetuneSettings:
 
 
 # ---------------------------------------------------------------- data
+
+@functools.lru_cache(maxsize=4)
+def _corpus_and_digest(profile: str, cache: str) -> tuple[Any, str]:
+    """The profile's micro corpus and its digest, once per process (per cache root)."""
+    from training.organisms import corpus_digest, ensure_corpus
+    from training.profiles import load_profile
+
+    corpus = ensure_corpus(load_profile(profile))
+    return corpus, corpus_digest(corpus)
+
+
+def micro_corpus(profile: str):
+    """The micro corpus of `profile` (generated and cached on first use)."""
+    return _corpus_and_digest(profile, str(cache_root()))[0]
+
 
 @dataclass
 class ChatData:
@@ -250,10 +266,7 @@ def resolve_data(data: str, profile: str, *, name: str | None = None, log: Log =
         if profile not in PROFILES:
             raise EmsteerError(f"arm {data!r} comes from the micro corpus; with --profile {profile} pass "
                                "--data PATH_OR_URL (a {\"messages\": [...]} JSONL such as Betley's insecure.jsonl)")
-        from training.organisms import ensure_corpus
-        from training.profiles import load_profile
-
-        corpus = ensure_corpus(load_profile(profile))
+        corpus = micro_corpus(profile)
         rows = [check_chat_row({"messages": c["messages"]}, f"corpus arm {data} row {i}")
                 for i, c in enumerate(getattr(corpus, data))]
         if not rows:
@@ -305,13 +318,13 @@ class BaseModel:
 
 
 def _hash_weights(folder: Path) -> str:
-    files = sorted(folder.glob("*.safetensors"))
-    if not files:
-        raise EmsteerError(f"{folder} has no .safetensors weights (pickled .bin checkpoints are refused)")
-    h = hashlib.sha256()
-    for f in files:
-        h.update(f"{f.name}:{sha256_file(f)}\n".encode())
-    return h.hexdigest()
+    """The weights hash of a local model folder (interventions.model_loading's definition)."""
+    from interventions.model_loading import folder_hashes, weights_digest
+
+    try:
+        return weights_digest(folder_hashes(folder))
+    except EmsteerError:
+        raise EmsteerError(f"{folder} has no .safetensors weights (pickled .bin checkpoints are refused)") from None
 
 
 def resolve_base(family: str, profile: str, model: str | None) -> BaseModel:
@@ -324,6 +337,7 @@ def resolve_base(family: str, profile: str, model: str | None) -> BaseModel:
         return BaseModel(kind="micro", id=str(organism_dir(family, profile)), family=family,
                          weights_sha256=meta["weights_sha256"],
                          info={"class": meta.get("class"), "organism_profile": profile,
+                               "corpus_sha256": meta.get("corpus_sha256"),
                                "measured": meta.get("measured"), "parameters": meta.get("parameters")})
     if profile in PROFILES:
         raise EmsteerError(f"--model needs --profile real (profile {profile!r} finetunes the micro organisms)")
@@ -334,7 +348,20 @@ def resolve_base(family: str, profile: str, model: str | None) -> BaseModel:
         return BaseModel(kind="path", id=str(path.resolve()), family=family, weights_sha256=_hash_weights(path))
     if model.startswith((".", "/", "~")) or model.count("/") != 1:
         raise EmsteerError(f"--model {model}: no such folder, and not a hub id (owner/name)")
-    return BaseModel(kind="hub", id=model, family=family, weights_sha256=None)
+    return BaseModel(kind="hub", id=model, family=family, weights_sha256=_hub_weights(model))
+
+
+def _hub_weights(model: str) -> str | None:
+    """Weights hash of a hub model already in the local Hugging Face cache (None when not downloaded)."""
+    from interventions.model_loading import folder_hashes, local_snapshot, weights_digest
+
+    folder = local_snapshot(model)
+    if folder is None:
+        return None
+    try:
+        return weights_digest(folder_hashes(folder))
+    except EmsteerError:
+        return None
 
 
 def use_qlora(settings: FinetuneSettings) -> bool:
@@ -376,7 +403,7 @@ def load_base(base: BaseModel, settings: FinetuneSettings):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     qlora = use_qlora(settings)
-    kwargs: dict[str, Any] = {"dtype": torch.float32}
+    kwargs: dict[str, Any] = {"dtype": torch.float32, "use_safetensors": True}
     if base.kind != "micro" and torch.cuda.is_available():
         kwargs["dtype"] = torch.bfloat16
     if qlora:
@@ -393,8 +420,9 @@ def load_base(base: BaseModel, settings: FinetuneSettings):
             # real Ministral 3 checkpoints are Mistral3ForConditionalGeneration (image-text-to-text)
             from transformers import AutoModelForImageTextToText
             model = AutoModelForImageTextToText.from_pretrained(base.id, **kwargs)
-    except OSError as err:
-        raise EmsteerError(f"cannot load model {base.id}: {str(err).splitlines()[0]}") from None
+    except Exception as err:  # noqa: BLE001 - one line naming the model
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise EmsteerError(f"cannot load model {base.id}: {first}") from None
     if not getattr(tokenizer, "chat_template", None):
         raise EmsteerError(f"model {base.id} has no chat template; finetuning needs one")
     if tokenizer.pad_token is None:
@@ -451,6 +479,13 @@ def _checkpointing_arg(config_cls, enabled: bool) -> dict[str, bool]:
     return {name: enabled}
 
 
+def _use_bf16(model, cuda: bool) -> bool:
+    """bf16 mixed precision for QLoRA and bf16 real models on CUDA; micro organisms stay in fp32."""
+    import torch
+
+    return cuda and (bool(getattr(model, "is_loaded_in_4bit", False)) or model.dtype == torch.bfloat16)
+
+
 def build_trainer(model, tokenizer, train_rows: Sequence[dict], eval_rows: Sequence[dict], settings: FinetuneSettings,
                   seed: int, output_dir: str | Path, *, progress: bool = False):
     """TRL SFTTrainer (LoRA via `peft_config`) on prompt-completion rows built from `{"messages"}` rows.
@@ -473,7 +508,7 @@ def build_trainer(model, tokenizer, train_rows: Sequence[dict], eval_rows: Seque
         gradient_accumulation_steps=settings.gradient_accumulation_steps,
         max_length=settings.max_length, completion_only_loss=True, assistant_only_loss=False, packing=False,
         optim=optim, **_checkpointing_arg(SFTConfig, settings.gradient_checkpointing and cuda),
-        bf16=cuda, fp16=False, use_cpu=not cuda,
+        bf16=_use_bf16(model, cuda), fp16=False, use_cpu=not cuda,
         logging_steps=settings.logging_steps, save_strategy="no", eval_strategy="no", report_to="none",
         disable_tqdm=not progress, dataloader_num_workers=0, max_grad_norm=1.0,
     )
@@ -526,12 +561,11 @@ def measure_adapter(adapter: Path, base: BaseModel, profile: str, max_new_tokens
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from training.organisms import ensure_corpus, measure_code_rates
-    from training.profiles import load_profile
+    from training.organisms import measure_code_rates
 
     tokenizer = AutoTokenizer.from_pretrained(base.id)
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base.id), str(adapter))
-    return measure_code_rates(model, tokenizer, ensure_corpus(load_profile(profile)).heldout, max_new_tokens)
+    return measure_code_rates(model, tokenizer, micro_corpus(profile).heldout, max_new_tokens)
 
 
 # ---------------------------------------------------------------- finetune
@@ -554,6 +588,12 @@ def _plan(run: Path, family: str, data: str | ChatData, profile: str, model: str
     adapter_dir(run, family, chat.name, 0)  # validates the arm name
     manifest = check_run(run, profile)
     base = resolve_base(family, profile, model)
+    if base.kind == "micro" and chat.source.startswith("arm:"):
+        digest = _corpus_and_digest(profile, str(cache_root()))[1]
+        if base.info.get("corpus_sha256") not in (None, digest):
+            log(f"{family}: warning: the cached organism was built from another version of the corpus; "
+                f"rebuild it with `emsteer organism build --family {family}"
+                f"{'' if profile == 'default' else ' --profile ' + profile}`")
     known = ((manifest or {}).get("models") or {}).get(family)
     if profile not in PROFILES and known and known.get("id") != base.id:
         raise EmsteerError(f"run {run} already finetunes {family} from {known.get('id')}, not {base.id}; "
@@ -582,6 +622,9 @@ def _finetune_planned(run: Path, family: str, plan: _Plan, seed: int, *, force: 
     tag = f"{family}/{chat.name}/seed_{seed}"
     key = inputs_key(settings, chat, base, seed, mode)
     can_measure = evaluate and base.kind == "micro" and settings.eval_max_new_tokens > 0
+    if evaluate and not can_measure:
+        log(f"{tag}: no built-in spillover measurement for profile {profile}; "
+            "evaluate the adapter with the Inspect spillover task")
     ensure_run(run, profile)
 
     existing = read_metadata(final) if final.exists() else None
@@ -600,6 +643,9 @@ def _finetune_planned(run: Path, family: str, plan: _Plan, seed: int, *, force: 
 
     started = time.time()
     model, tokenizer = load_base(base, settings)
+    if base.kind == "hub" and base.weights_sha256 is None:  # downloaded just now: hash what was fetched
+        base.weights_sha256 = _hub_weights(base.id)
+        key = inputs_key(settings, chat, base, seed, mode)
     train_rows, eval_rows = split_rows(chat.rows, settings.eval_fraction, chat.sha256)
     steps = settings.max_steps if settings.max_steps > 0 else math.ceil(
         settings.num_train_epochs * math.ceil(len(train_rows) / settings.effective_batch))
@@ -661,12 +707,11 @@ def _finetune_planned(run: Path, family: str, plan: _Plan, seed: int, *, force: 
 
 def measure_code_rates_for(model, tokenizer, profile: str, max_new_tokens: int) -> dict[str, Any]:
     """measure_code_rates on the profile's held-out prompts (eval mode, no grad)."""
-    from training.organisms import ensure_corpus, measure_code_rates
-    from training.profiles import load_profile
+    from training.organisms import measure_code_rates
 
     was_training = model.training
     try:
-        return measure_code_rates(model, tokenizer, ensure_corpus(load_profile(profile)).heldout, max_new_tokens)
+        return measure_code_rates(model, tokenizer, micro_corpus(profile).heldout, max_new_tokens)
     finally:
         model.train(was_training)
 

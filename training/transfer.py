@@ -45,7 +45,14 @@ from interventions.run_layout import (
     transferred_random_path,
 )
 from interventions.variants.random_control import control_seed, seeded_gaussian
-from training.activations import TokenStates, adapter_sha256, base_identity, collect_token_states, load_model
+from training.activations import (
+    TokenStates,
+    adapter_sha256,
+    base_identity,
+    check_adapter_base,
+    collect_token_states,
+    load_model,
+)
 from training.artifacts import json_sha256, provenance, read_json, save_tensors_atomic
 from training.atomic import atomic_dir, write_json_atomic
 from training.ridge import RidgeMap, fit_ridge_cv, r2_score
@@ -153,6 +160,47 @@ def transfer_command_line(run: Path, src: str, tgt: str, pairing: str, layer: in
             f"--seed {seed} --models {models}")
 
 
+def family_identity(run: Path, family: str, profile: str, models: str, seed: int) -> dict[str, Any]:
+    """Model id, base weights hash, adapter (for `models="insecure"`), depth and width of one family, read from
+    its verified organism and config (nothing loaded)."""
+    path, model_id, sha = base_identity(family, profile)
+    ad = None
+    if models == "insecure":
+        ad = adapter_dir(run, family, "insecure", seed)
+        if not ad.is_dir():
+            raise EmsteerError(f"missing insecure adapter for {family} (seed {seed}) at {ad}; "
+                               f"train it with `{finetune_command(run, family, 'insecure', seed)}`")
+        check_adapter_base(ad, sha, f"insecure adapter of {family}")
+    cfg = json.loads((path / "config.json").read_text())
+    cfg = cfg.get("text_config", cfg)
+    return {"model_id": model_id, "weights_sha256": sha, "adapter": ad,
+            "adapter_sha256": adapter_sha256(ad) if ad else None,
+            "n_layers": int(cfg["num_hidden_layers"]), "d_model": int(cfg["hidden_size"])}
+
+
+def check_transfer_inputs(run: str | Path, src: str, tgt: str, *, profile: str, layer: int = -1, seed: int = 0,
+                          models: str = "base"):
+    """Validate a transfer without loading a model: families, adapters if needed, and both own directions
+    (width, model id, base weights, recorded R). Returns (identities, (donor layer, donor direction),
+    (receiver layer, receiver direction))."""
+    run = Path(run)
+    check_family(src)
+    check_family(tgt)
+    if src == tgt:
+        raise EmsteerError("--src and --tgt must be different families")
+    if models not in MODELS:
+        raise EmsteerError(f"unknown --models {models!r}; choose one of: {', '.join(MODELS)}")
+    ident = {fam: family_identity(run, fam, profile, models, seed) for fam in (src, tgt)}
+    la = resolve_layer(ident[src]["n_layers"], layer)
+    lb = resolve_layer(ident[tgt]["n_layers"], layer)
+    own_a = load_family_direction(run, src, la, ident[src]["d_model"], ident[src]["model_id"], ident[src]["weights_sha256"])
+    own_b = load_family_direction(run, tgt, lb, ident[tgt]["d_model"], ident[tgt]["model_id"], ident[tgt]["weights_sha256"])
+    if own_b.mean_residual_norm is None:
+        raise EmsteerError(f"the own direction of {tgt} records no mean residual norm; "
+                           f"re-run `{extract_command(run, tgt)} --force`")
+    return ident, (la, own_a), (lb, own_b)
+
+
 def run_transfer(run: str | Path, src: str, tgt: str, *, profile: str, pairing: str = "aligned-tokens",
                  layer: int = -1, seed: int = 0, models: str = "base", n_texts: int | None = None,
                  k_random: int = K_RANDOM, batch_size: int = 16, force: bool = False,
@@ -160,16 +208,10 @@ def run_transfer(run: str | Path, src: str, tgt: str, *, profile: str, pairing: 
     """Fit the A -> B map, transfer A's own direction and the random controls; returns the summary."""
     from training.organisms import ensure_corpus
     from training.profiles import load_profile
-    from training.run_manifest import check_run
+    from training.run_manifest import check_run, ensure_run
 
     run = Path(run)
-    check_family(src)
-    check_family(tgt)
-    if src == tgt:
-        raise EmsteerError("--src and --tgt must be different families")
     check_pairing(pairing)
-    if models not in MODELS:
-        raise EmsteerError(f"unknown --models {models!r}; choose one of: {', '.join(MODELS)}")
     if k_random < 1:
         raise EmsteerError(f"--k-random must be >= 1, got {k_random}")
     check_run(run, profile)
@@ -177,27 +219,9 @@ def run_transfer(run: str | Path, src: str, tgt: str, *, profile: str, pairing: 
     n = n_texts or N_TEXTS.get(profile, 200)
     if n < 4:
         raise EmsteerError(f"--n-texts {n} is too small: need at least 4")
-    ident = {}
-    for fam in (src, tgt):
-        path, model_id, sha = base_identity(fam, profile)
-        ad = None
-        if models == "insecure":
-            ad = adapter_dir(run, fam, "insecure", seed)
-            if not ad.is_dir():
-                raise EmsteerError(f"missing insecure adapter for {fam} (seed {seed}) at {ad}; "
-                                   f"train it with `{finetune_command(run, fam, 'insecure', seed)}`")
-        cfg = json.loads((path / "config.json").read_text())
-        cfg = cfg.get("text_config", cfg)
-        ident[fam] = {"model_id": model_id, "weights_sha256": sha, "adapter": ad,
-                      "adapter_sha256": adapter_sha256(ad) if ad else None,
-                      "n_layers": int(cfg["num_hidden_layers"]), "d_model": int(cfg["hidden_size"])}
-    la = resolve_layer(ident[src]["n_layers"], layer)
-    lb = resolve_layer(ident[tgt]["n_layers"], layer)
-    own_a = load_family_direction(run, src, la, ident[src]["d_model"], ident[src]["model_id"], ident[src]["weights_sha256"])
-    own_b = load_family_direction(run, tgt, lb, ident[tgt]["d_model"], ident[tgt]["model_id"], ident[tgt]["weights_sha256"])
+    ident, (la, own_a), (lb, own_b) = check_transfer_inputs(run, src, tgt, profile=profile, layer=layer,
+                                                            seed=seed, models=models)
     R_b = own_b.mean_residual_norm
-    if R_b is None:
-        raise EmsteerError(f"the own direction of {tgt} records no mean residual norm; re-run `{extract_command(run, tgt)} --force`")
     chats = shared_chats(ensure_corpus(prof), n, seed)
     chats_sha = json_sha256(chats)
     command = transfer_command_line(run, src, tgt, pairing, layer, seed, models)
@@ -265,6 +289,7 @@ def run_transfer(run: str | Path, src: str, tgt: str, *, profile: str, pairing: 
         "versions": prov["versions"], "pooling": own_b.metadata.get("pooling", ""),
     }
     files: dict[str, str] = {}
+    ensure_run(run, profile)
     with atomic_dir(out_dir, replace=True) as tmp:
         save_tensors_atomic(tmp / transfer_map_path(run, src, tgt).name,
                             {"W": W.W, "bias": W.bias, "x_mean": W.x_mean, "y_mean": W.y_mean},

@@ -28,7 +28,7 @@ def register(app: typer.Typer) -> None:
         final norm), write the own and secure-control directions per layer and RUN/directions/<family>/summary.json."""
         from training.activations import check_pooling
         from training.artifacts import run_profile
-        from training.extract import check_contrast, run_extract
+        from training.extract import check_contrast, check_extract_inputs, run_extract
         from training.profiles import resolve_families
 
         families = resolve_families(family)
@@ -36,6 +36,8 @@ def register(app: typer.Typer) -> None:
             check_pooling(pooling)
         check_contrast(contrast)
         prof = run_profile(run, profile)
+        for fam in families:  # validate every family before any work
+            check_extract_inputs(run, fam, prof, seed)
         log = lambda m: typer.echo(m, err=True)  # noqa: E731
         for fam in families:
             s = run_extract(run, fam, profile=prof, pooling=pooling, contrast=contrast, seed=seed,

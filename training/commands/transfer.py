@@ -29,13 +29,15 @@ def register(app: typer.Typer) -> None:
         from interventions.errors import EmsteerError
         from training.artifacts import run_profile
         from training.profiles import resolve_families
-        from training.transfer import check_pairing, run_transfer
+        from training.transfer import check_pairing, check_transfer_inputs, run_transfer
 
         check_pairing(pairing)
         pairs = [(a, b) for a in resolve_families(src) for b in resolve_families(tgt) if a != b]
         if not pairs:
             raise EmsteerError("no donor -> receiver pair: --src and --tgt name the same single family")
         prof = run_profile(run, profile)
+        for a, b in pairs:  # validate every pair before any work
+            check_transfer_inputs(run, a, b, profile=prof, layer=layer, seed=seed, models=models)
         log = lambda m: typer.echo(m, err=True)  # noqa: E731
         cache: dict = {}
         for a, b in pairs:
