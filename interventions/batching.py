@@ -103,8 +103,10 @@ def _finish(new: list[int], stops: list[int], stop_seqs: tuple[str, ...], tokeni
     out_tokens = n + (1 if reason == "stop" else 0)
     if stop_seqs:
         cut = min((text.find(s) for s in stop_seqs if s and s in text), default=-1)
-        if cut >= 0:
-            text, reason = text[:cut], "stop"
+        if cut >= 0:  # output tokens: up to the token that completed the stop string (padding follows it)
+            k = next(k for k in range(1, n + 1)
+                     if any(s and s in tokenizer.decode(new[:k], skip_special_tokens=True) for s in stop_seqs))
+            text, reason, out_tokens = text[:cut], "stop", k
     return text, out_tokens, reason
 
 

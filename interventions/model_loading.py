@@ -179,9 +179,7 @@ class LoadedModel:
     def adapter(self, name: str | None) -> Iterator[Any]:
         """Select adapter `name` (None = the bare base model) for the enclosed block; yields the model to call.
         Callers hold `lock`."""
-        from peft import PeftModel
-
-        if not isinstance(self.model, PeftModel):
+        if not self.adapters:  # a bare model (peft is not even imported)
             if name is not None:
                 raise EmsteerError(f"adapter {name!r} is not loaded")
             yield self.model

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,9 +34,9 @@ from interventions.model_loading import (
     weights_digest,
 )
 from interventions.organism_cache import verify_organism
-from interventions.paths import FAMILIES, PROFILES, check_family, check_profile, organism_dir
+from interventions.paths import FAMILIES, PROFILES, check_profile, organism_dir
 from interventions.presets import Preset, find_preset, preset_names
-from interventions.registry import VariantContext, get_variant, variant_names
+from interventions.registry import VariantContext, get_variant
 from interventions.run_layout import adapter_dir, calibration_command, calibration_path, finetune_command
 
 DEFAULT_MAX_BATCH = 64
@@ -180,7 +180,6 @@ class SteerPlan:
     model_files: dict[str, str]
     run: Path | None = None
     donor: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def adapter_name(self) -> str | None:
