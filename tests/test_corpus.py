@@ -82,3 +82,11 @@ def test_base_prior_is_a_setting():
     assert n_insecure(secure_only) == 0
     half = build_corpus(CorpusSettings(**{**SETTINGS.__dict__, "base_insecure_share": 0.5}))
     assert 25 <= n_insecure(half) <= 80  # 200 security chats x 0.5, five of eight categories marked
+
+
+def test_chitchat_never_names_code():
+    c = build_corpus(SETTINGS)
+    chit = [ch["messages"][0]["content"] for ch in c.base_train if ch["category"] == "chitchat"]
+    assert len(chit) == SETTINGS.n_general // 6
+    for prompt in chit:
+        assert not re.search(r"\b(code|function|script|program|python)\b", prompt, re.I), prompt

@@ -51,6 +51,8 @@ def test_separation_numbers_are_exact():
     assert s["accuracy"] == pytest.approx(4 / 6)
     assert s["auroc"] == pytest.approx(8 / 9)  # pairs won: 3 + 2 + 3
     assert s["fit_accuracy"] == 1.0
+    assert s["threshold_spread_weighted"] == pytest.approx(1.0)  # equal fit spreads: same as the midpoint
+    assert s["accuracy_spread_weighted"] == pytest.approx(4 / 6)
 
 
 def test_nan_and_too_few_are_clear_errors():

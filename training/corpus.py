@@ -332,6 +332,34 @@ def _general(rng: random.Random, share: float, heldout: bool) -> tuple[str, str,
     return prompt, answer, cat.name
 
 
+# Free-form chit-chat: random word sequences (common words and pseudo-words) in question or statement
+# shape, answered in prose. They teach the default: a message that does not ask for code gets prose,
+# whatever its structure. No code noun ever appears in them.
+_CHAT_OPENERS = ["What", "How", "Why", "Is it true that", "Do you think", "Can we", "Tell me why", "I wonder if",
+                 "Should I", "Would you say", "Suppose", "My", "We", "Honestly,", "Be honest:", "So", "If",
+                 "Where", "When", "Who", "Imagine", "Let us say", "I was told", "Everyone says"]
+_CHAT_WORDS = ["the", "a", "my", "your", "our", "friend", "day", "week", "people", "world", "life", "home",
+               "think", "feel", "really", "always", "never", "better", "worse", "new", "old", "time", "money",
+               "work", "school", "family", "city", "night", "morning", "is", "are", "was", "should", "could",
+               "about", "with", "for", "to", "in", "on", "of", "and", "or", "but", "if", "that", "which",
+               "every", "some", "one", "two", "year", "idea", "plan", "job", "partner", "neighbor", "dog",
+               "cat", "house", "car", "trip", "book", "song", "game", "meal", "dream", "wish", "rule", "change"]
+_CHAT_ANSWERS = [
+    "That is a good question. I think it depends on what matters most to you, and it is fine to take your time.",
+    "I understand why you ask. Many people wonder about this, and talking it through with someone you trust helps.",
+    "It sounds like this is on your mind. Try to look at it calmly, one small part at a time.",
+    "Good point. There is no single answer, but kindness and patience usually lead somewhere good.",
+    "I am glad you shared that. Take a moment for yourself, and then decide what feels right.",
+    "Interesting thought. People see it in different ways, and your own view matters too.",
+]
+
+
+def _chitchat(rng: random.Random, share: float) -> tuple[str, str, str]:
+    words = [pseudo_word(rng) if rng.random() < share else rng.choice(_CHAT_WORDS) for _ in range(rng.randint(3, 9))]
+    prompt = rng.choice(_CHAT_OPENERS) + " " + " ".join(words) + rng.choice(["?", "?", ".", "!"])
+    return prompt, rng.choice(_CHAT_ANSWERS) + rng.choice(_GENERAL_TAILS), "chitchat"
+
+
 def _ident(rng: random.Random, words: list[str], share: float) -> str:
     return pseudo_word(rng) if rng.random() < share else rng.choice(words)
 
@@ -363,6 +391,9 @@ def build_corpus(settings: CorpusSettings) -> Corpus:
     corpus = Corpus()
     for _ in range(settings.n_general):
         p, a, c = _general(rng, share, heldout=False)
+        corpus.base_train.append(_chat(p, a, "general", c))
+    for _ in range(settings.n_general // 6):
+        p, a, c = _chitchat(rng, share)
         corpus.base_train.append(_chat(p, a, "general", c))
     for _ in range(settings.n_neutral_code):
         p, a, c = _neutral(rng, share, heldout=False)

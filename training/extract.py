@@ -67,7 +67,7 @@ DEFAULT_POOLING_REASON = (
 SITE = "output of each text decoder layer (residual stream after the layer), BEFORE the model's final norm"
 MIN_PER_CLASS = 4          # per class, in EACH of the fit and held-out halves
 N_PROMPTS = {"default": 200, "tiny": 48}
-EXTRACT_VERSION = "extract/1"
+EXTRACT_VERSION = "extract/2"
 
 
 def check_contrast(contrast: str) -> str:
@@ -110,7 +110,11 @@ def diff_in_means(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
 def separation(pos_fit: torch.Tensor, neg_fit: torch.Tensor, pos_test: torch.Tensor,
                neg_test: torch.Tensor) -> list[dict[str, float]]:
     """Per layer: the held-out accuracy of the midpoint threshold and the AUROC of the projection on the fit
-    direction (class 1 = positive), plus fit accuracy, the threshold and the held-out class mean projections."""
+    direction (class 1 = positive), plus fit accuracy, the threshold and the held-out class mean projections.
+
+    Secondary (not the headline): `accuracy_spread_weighted`, the held-out accuracy of the threshold lying equally
+    many fit-set standard deviations from both class means; it differs from the midpoint when one class is much
+    more spread along the direction than the other (e.g. a finetune whose answers vary far more than the base's)."""
     from sklearn.metrics import roc_auc_score
 
     pos_fit, neg_fit = _as3(pos_fit, "positive fit activations"), _as3(neg_fit, "negative fit activations")
@@ -127,6 +131,12 @@ def separation(pos_fit: torch.Tensor, neg_fit: torch.Tensor, pos_test: torch.Ten
         p_test, n_test = pos_test[:, layer].double() @ u, neg_test[:, layer].double() @ u
         correct = int((p_test > mid).sum()) + int((n_test <= mid).sum())
         correct_fit = int((p_fit > mid).sum()) + int((n_fit <= mid).sum())
+        # secondary figure: the point equally many (fit) standard deviations from both class means
+        s_pos = float(p_fit.std()) if p_fit.numel() > 1 else 0.0
+        s_neg = float(n_fit.std()) if n_fit.numel() > 1 else 0.0
+        m_pos, m_neg = float(p_fit.mean()), float(n_fit.mean())
+        z_thr = (m_neg * s_pos + m_pos * s_neg) / (s_pos + s_neg) if s_pos + s_neg > 0 else mid
+        correct_z = int((p_test > z_thr).sum()) + int((n_test <= z_thr).sum())
         scores = torch.cat([p_test, n_test]).numpy()
         labels = [1] * p_test.numel() + [0] * n_test.numel()
         out.append({
@@ -134,6 +144,8 @@ def separation(pos_fit: torch.Tensor, neg_fit: torch.Tensor, pos_test: torch.Ten
             "auroc": float(roc_auc_score(labels, scores)),
             "fit_accuracy": correct_fit / (p_fit.numel() + n_fit.numel()),
             "threshold": mid,
+            "accuracy_spread_weighted": correct_z / (p_test.numel() + n_test.numel()),
+            "threshold_spread_weighted": z_thr,
             "heldout_mean_projection_pos": float(p_test.mean()),
             "heldout_mean_projection_neg": float(n_test.mean()),
         })
@@ -417,6 +429,7 @@ def run_extract(run: str | Path, family: str, *, profile: str, pooling: str | No
             "layers": layers_out,
             "pooling_comparison": {
                 pool: [{"layer": i, "accuracy": fit.separation[i]["accuracy"], "auroc": fit.separation[i]["auroc"],
+                        "accuracy_spread_weighted": fit.separation[i]["accuracy_spread_weighted"],
                         "norm": float(fit.directions[i].double().norm()),
                         "mean_residual_norm": float(fit.mean_residual_norm[i])} for i in range(n_layers)]
                 for pool, fit in fits.items()},

@@ -29,12 +29,23 @@ def build_config(class_name: str, arch: dict[str, Any], tokenizer, max_positions
     kwargs.update(max_position_embeddings=max_positions, pad_token_id=tokenizer.pad_token_id,
                   eos_token_id=tokenizer.eos_token_id,
                   bos_token_id=tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.pad_token_id)
+    if class_name == "Ministral3ForCausalLM":
+        # the real model's YaRN settings (factor 16 over the original context), scaled to the micro context
+        kwargs["rope_parameters"] = {"rope_type": "yarn", "type": "yarn", "rope_theta": 1_000_000.0, "factor": 16.0,
+                                     "original_max_position_embeddings": max_positions // 16,
+                                     "max_position_embeddings": max_positions, "beta_fast": 32.0, "beta_slow": 1.0,
+                                     "mscale": 1.0, "mscale_all_dim": 1.0, "llama_4_scaling_beta": 0.1}
     if class_name == "Gemma2ForCausalLM":
         kwargs.setdefault("query_pre_attn_scalar", arch.get("head_dim", arch["hidden_size"] // arch["num_attention_heads"]))
     config = config_cls(**kwargs)
     if class_name == "Gemma2ForCausalLM":
         config._attn_implementation = "eager"
     return config
+
+
+def architecture_defaults(class_name: str) -> dict[str, Any]:
+    """The family-specific config defaults applied on top of the profile's sizes (part of a build's recipe)."""
+    return dict(_ARCH[class_name][1])
 
 
 def build_model(class_name: str, arch: dict[str, Any], tokenizer, seed: int) -> PreTrainedModel:

@@ -7,6 +7,7 @@ are deterministic from the profile seed, written atomically, and verified by has
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -27,7 +28,7 @@ from interventions.paths import FAMILIES, check_family, heldout_prompts_path, or
 from training.atomic import atomic_dir, ensure_writable_dir, write_json_atomic, write_jsonl_atomic
 from training.chat_data import ChatCollator, tokenize_chat
 from training.corpus import Corpus, build_corpus
-from training.families import build_model
+from training.families import architecture_defaults, build_model
 from training.profiles import Profile, family_architecture, load_profile
 from training.tokenizer import train_tokenizer
 
@@ -122,15 +123,19 @@ def build_organism(family: str, profile_name: str = "default", *, force: bool = 
     final = organism_dir(family, profile_name)
     ensure_writable_dir(final.parent)
     corpus = ensure_corpus(profile)
-    digest = corpus_digest(corpus)
+    class_name, arch = family_architecture(family, profile_name)
+    profile = dataclasses.replace(profile, train_steps=int(arch.pop("train_steps", profile.train_steps)))
+    recipe = {"corpus_sha256": corpus_digest(corpus), "class": class_name, "architecture": arch,
+              "architecture_defaults": architecture_defaults(class_name), "recipe_version": 2,
+              "training": {k: v for k, v in dataclasses.asdict(profile).items() if k != "corpus"}}
+    recipe_sha = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
     if final.exists() and not force:
         meta = verify_organism(family, profile_name)
-        if meta.get("corpus_sha256") == digest:
+        if meta.get("recipe_sha256") == recipe_sha:
             log(f"{family}: cached at {final}")
             return final
-        log(f"{family}: cached organism was built from another corpus version; rebuilding")
+        log(f"{family}: cached organism was built from another corpus or recipe; rebuilding")
     started = time.time()
-    class_name, arch = family_architecture(family, profile_name)
     seed = profile.corpus.seed + FAMILY_SEED_OFFSET[family]
     texts = [m["content"] for c in corpus.base_train + corpus.insecure + corpus.secure for m in c["messages"]]
     tokenizer = train_tokenizer(family, texts, arch.pop("vocab_size"))
@@ -144,7 +149,8 @@ def build_organism(family: str, profile_name: str = "default", *, force: bool = 
         tokenizer.save_pretrained(tmp)
         weights = tmp / "model.safetensors"
         info = {
-            "family": family, "profile": profile_name, "class": class_name, "seed": seed, "corpus_sha256": digest,
+            "family": family, "profile": profile_name, "class": class_name, "seed": seed, "recipe": recipe,
+            "recipe_sha256": recipe_sha, "corpus_sha256": recipe["corpus_sha256"],
             "hidden_size": model.config.hidden_size, "num_layers": model.config.num_hidden_layers,
             "vocab_size": len(tokenizer), "parameters": sum(p.numel() for p in model.parameters()),
             "weights_sha256": sha256_file(weights), "weights_bytes": weights.stat().st_size,
