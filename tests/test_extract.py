@@ -122,7 +122,9 @@ def test_extract_end_to_end_and_rerun_is_noop(extracted, capsys, monkeypatch):
         assert sec.mean_residual_norm == own.mean_residual_norm  # matched magnitude in a cell
         for key in ("weights_sha256", "adapter_sha256", "command", "input_hashes", "versions", "n_per_class", "seed"):
             assert key in own.metadata
-        assert pooling_direction_path(run, "qwen", "last-prompt", layer).is_file()
+        alt = load_direction(pooling_direction_path(run, "qwen", "last-prompt", layer), expected_width=48)
+        assert alt.metadata["pooling"] == "last-prompt"
+        assert alt.mean_residual_norm == own.mean_residual_norm  # R does not depend on the pooling
     assert summary["default_pooling"] == "response-mean" and summary["default_pooling_reason"]
     assert set(summary["pooling_comparison"]) == {"response-mean", "last-prompt"}
     assert 0.0 <= summary["final_layer"]["accuracy"] <= 1.0

@@ -5,8 +5,9 @@ Maths (pure functions, used by `run_extract` and tested on synthetic data):
 - `separation(...)`: project held-out examples on unit(direction); the threshold is the midpoint of the FIT
   class means' projections; reports the held-out accuracy of that threshold and the AUROC
   (`sklearn.metrics.roc_auc_score`), plus the fit accuracy;
-- R per layer: the mean per-token residual L2 norm at that layer over every prompt of both classes
-  (over the pooled positions), stored with each direction as `mean_residual_norm`.
+- R per layer: the mean per-token residual L2 norm at that layer over every prompt of both classes, taken
+  over the tokens of the models' own responses (where steering acts) whatever the pooling, stored with each
+  direction as `mean_residual_norm`; the secure-control files carry the same R (matched magnitude).
 
 Pipeline (`run_extract`): a fixed seeded sample of general (non-coding) training prompts (never the held-out
 evaluation prompts), split by prompt into fit / held-out halves; activations of base, insecure and secure
@@ -60,14 +61,21 @@ DEFAULT_CONTRAST = "finetuned-vs-base"
 DEFAULT_POOLING = "response-mean"
 DEFAULT_POOLING_REASON = (
     "response-mean: pooled over the model's own generated tokens, the positions a steering hook edits during "
-    "generation; a prototype found response-mean directions cut spillover while keeping text coherent, whereas "
-    "last-prompt directions separate the models about as well but collapse text before they cut spillover. "
-    "Both poolings' separation is recorded under `pooling_comparison`."
+    "generation. Measured on the default qwen organism (seed-0 adapters; 60 held-out general prompts, greedy, "
+    "48 tokens; final layer, subtract, same R): unsteered spillover 0.33; response-mean at alpha 1 -> 0.00 with "
+    "the most base-like text (base-model NLL 3.8 vs 8.6 unsteered); last-prompt at alpha 1 -> 0.28 and needs "
+    "alpha 2 (-> 0.05) with degenerate text, as a prototype had found. Both separate the models (AUROC ~1); both "
+    "poolings' separation is recorded under `pooling_comparison`."
 )
 SITE = "output of each text decoder layer (residual stream after the layer), BEFORE the model's final norm"
+# R (the unit of alpha) is measured at the positions steering edits: the tokens of the models' own responses,
+# whatever the pooling, so switching pooling never changes a cell's perturbation size.
+R_POSITIONS = "response-mean"
+R_SOURCE = ("mean per-token L2 norm of the layer output over the tokens of the models' own greedy responses, "
+            "both classes of the own contrast; the same R for every pooling and for the secure control")
 MIN_PER_CLASS = 4          # per class, in EACH of the fit and held-out halves
 N_PROMPTS = {"default": 200, "tiny": 48}
-EXTRACT_VERSION = "extract/2"
+EXTRACT_VERSION = "extract/3"
 
 
 def check_contrast(contrast: str) -> str:
@@ -359,18 +367,18 @@ def run_extract(run: str | Path, family: str, *, profile: str, pooling: str | No
             fit_set, test_set = set(fit_idx), set(test_idx)
             return fit_directions(
                 ins.acts[pool], ins.acts[pool], [i for i in code if i in fit_set], [i for i in code if i in test_set],
-                [i for i in prose if i in fit_set], [i for i in prose if i in test_set], ins.norms[pool],
+                [i for i in prose if i in fit_set], [i for i in prose if i in test_set], ins.norms[R_POSITIONS],
                 hint=f"the insecure {family} model answered {len(code)} of {n} general prompts with code "
                      f"(contrast code-vs-prose needs both kinds; try --n-prompts or another contrast)")
         neg_tag = "secure" if contrast == "finetuned-vs-secure" else "base"
         pos, neg = acts["insecure"], acts[neg_tag]
         return fit_directions(pos.acts[pool], neg.acts[pool], fit_idx, test_idx, fit_idx, test_idx,
-                              torch.cat([pos.norms[pool], neg.norms[pool]]))
+                              torch.cat([pos.norms[R_POSITIONS], neg.norms[R_POSITIONS]]))
 
     fits = {pool: own_fit(pool) for pool in POOLINGS}
     own = fits[pooling]
     secure = fit_directions(acts["secure"].acts[pooling], acts["base"].acts[pooling], fit_idx, test_idx, fit_idx,
-                            test_idx, torch.cat([acts["secure"].norms[pooling], acts["base"].norms[pooling]]))
+                            test_idx, torch.cat([acts["secure"].norms[R_POSITIONS], acts["base"].norms[R_POSITIONS]]))
     n_layers, d_model = own.directions.shape
     classes = {"finetuned-vs-base": ("insecure", "base"), "finetuned-vs-secure": ("insecure", "secure"),
                "code-vs-prose": ("insecure: code answers", "insecure: prose answers")}[contrast]
@@ -382,7 +390,7 @@ def run_extract(run: str | Path, family: str, *, profile: str, pooling: str | No
             "layer": layer, "n_layers": n_layers, "d_model": d_model, "site": SITE,
             "pooling": pool, "contrast": contrast_name, "kind": kind,
             "n_per_class": fit.n_per_class, "mean_residual_norm": repr(float(own.mean_residual_norm[layer])),
-            "mean_residual_norm_source": f"own contrast ({contrast}), {pooling} positions, both classes",
+            "mean_residual_norm_source": R_SOURCE,
             "separation_accuracy": fit.separation[layer]["accuracy"], "separation_auroc": fit.separation[layer]["auroc"],
             "command": command, "input_hashes": prov["input_hashes"], "inputs_sha256": key, "seed": seed,
             "versions": prov["versions"],
@@ -401,8 +409,6 @@ def run_extract(run: str | Path, family: str, *, profile: str, pooling: str | No
             for pool, fit in fits.items():
                 r = tmp / _rel(pooling_direction_path(run, family, pool, layer), root)
                 m = meta("own", layer, fit, pool, contrast, "insecure")
-                m["mean_residual_norm"] = repr(float(fit.mean_residual_norm[layer]))
-                m["mean_residual_norm_source"] = f"own contrast ({contrast}), {pool} positions, both classes"
                 save_direction(r, Direction(fit.directions[layer], m))
             u_own = own.directions[layer].double()
             u_sec = secure.directions[layer].double()

@@ -620,6 +620,12 @@ def _finetune_planned(run: Path, family: str, plan: _Plan, seed: int, *, force: 
     profile = settings.profile
     final = adapter_dir(run, family, chat.name, seed)
     tag = f"{family}/{chat.name}/seed_{seed}"
+    if base.kind == "micro":  # re-check right before use: the organism may have been rebuilt meanwhile
+        meta = verify_organism(family, profile)
+        if meta["weights_sha256"] != base.weights_sha256:
+            log(f"{tag}: the {family} organism was rebuilt since this command started; using the new one")
+            base.weights_sha256 = meta["weights_sha256"]
+            base.info.update(measured=meta.get("measured"), corpus_sha256=meta.get("corpus_sha256"))
     key = inputs_key(settings, chat, base, seed, mode)
     can_measure = evaluate and base.kind == "micro" and settings.eval_max_new_tokens > 0
     if evaluate and not can_measure:
