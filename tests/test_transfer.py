@@ -56,6 +56,7 @@ def test_transfer_end_to_end(tiny_organisms, tmp_path):
     assert s["n_pairs_fit"] > 12 and -1.0 <= s["r2_heldout"] <= 1.0
     assert set(s["pairing_comparison"]) == {"aligned-tokens", "last-token"}
     assert s["pairing_comparison"]["last-token"]["n_pairs_fit"] == 6
+    assert -1.0 <= s["map_check"]["cosine"] <= 1.0
 
     own_b = load_direction(own_direction_path(run, "llama", 1))
     t = load_direction(transferred_direction_path(run, "qwen", "llama"), expected_width=40, expected_model="micro-llama")

@@ -61,11 +61,12 @@ DEFAULT_CONTRAST = "finetuned-vs-base"
 DEFAULT_POOLING = "response-mean"
 DEFAULT_POOLING_REASON = (
     "response-mean: pooled over the model's own generated tokens, the positions a steering hook edits during "
-    "generation. Measured on the default qwen organism (seed-0 adapters; 60 held-out general prompts, greedy, "
-    "48 tokens; final layer, subtract, same R): unsteered spillover 0.33; response-mean at alpha 1 -> 0.00 with "
-    "the most base-like text (base-model NLL 3.8 vs 8.6 unsteered); last-prompt at alpha 1 -> 0.28 and needs "
-    "alpha 2 (-> 0.05) with degenerate text, as a prototype had found. Both separate the models (AUROC ~1); both "
-    "poolings' separation is recorded under `pooling_comparison`."
+    "generation. Measured on the default organisms (seed-0 adapters; 60 held-out general prompts, greedy, 48 "
+    "tokens; final layer, subtract, the same R for both poolings), at alpha 1: qwen spillover 0.33 -> 0.00 "
+    "(response-mean; base-model NLL of the text 3.8 vs 8.6 unsteered) vs 0.28 (last-prompt, which needs alpha 2 "
+    "and then degenerates); llama 0.57 -> 0.10 (NLL 3.1, distinct-2 0.29) vs 0.02 with collapsing text (NLL 4.1, "
+    "distinct-2 0.18); gemma both 0.00 but last-prompt collapses harder (distinct-2 0.01 vs 0.05). last-prompt "
+    "separates the models slightly better (see `pooling_comparison`), as a prototype had also found."
 )
 SITE = "output of each text decoder layer (residual stream after the layer), BEFORE the model's final norm"
 # R (the unit of alpha) is measured at the positions steering edits: the tokens of the models' own responses,

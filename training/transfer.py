@@ -15,7 +15,9 @@ means; float64), `direction.safetensors` (W^T d_A -- the bias cancels for a dire
 B's own direction and carrying B's R, so it perturbs by the same alpha * R as B's own variants),
 `random_<k>.safetensors` (the `transferred_random` controls: seeded Gaussian A-space directions of ||d_A||
 pushed through the same W, rescaled the same way) and `summary.json` (R^2, alpha, cosines with B's own
-direction for the transferred and random directions, and the same figures for the other pairing).
+direction for the transferred and random directions, the same figures for the other pairing, and `map_check`:
+whether the map carries a direction both families share by construction -- answer tokens minus prompt tokens on
+the held-out chats -- so a low transferred cosine can be told apart from a map that carries nothing).
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ PAIRINGS: tuple[str, ...] = ("aligned-tokens", "last-token")
 MODELS: tuple[str, ...] = ("base", "insecure")
 N_TEXTS = {"default": 200, "tiny": 40}
 K_RANDOM = 8
-TRANSFER_VERSION = "transfer/1"
+TRANSFER_VERSION = "transfer/2"
 SEPARATOR = "\n"  # content coordinates: the message texts joined by this (see token_alignment.tokens_in_spans)
 
 
@@ -106,6 +108,18 @@ def paired_rows(a: TokenStates, b: TokenStates, chats: list[list[dict]], pairing
     if not xs:
         raise EmsteerError("no token pairs: the two tokenizations share no aligned characters")
     return torch.cat(xs).double(), torch.cat(ys).double(), torch.cat(gs)
+
+
+def role_direction(states: TokenStates, chats: list[list[dict]], texts: range | list[int]) -> torch.Tensor:
+    """Token-level diff-in-means, answer tokens minus prompt tokens, over the given chats: a direction both
+    families share by construction (same texts, same roles), used to check that a map carries meaning."""
+    ans, ask = [], []
+    for t in texts:
+        boundary = len(chats[t][0]["content"])  # content coordinates: the user text comes first
+        is_answer = torch.tensor([s >= boundary for s, _ in states.spans[t]])
+        ans.append(states.states[t][is_answer])
+        ask.append(states.states[t][~is_answer])
+    return torch.cat(ans).double().mean(0) - torch.cat(ask).double().mean(0)
 
 
 @dataclass
@@ -266,6 +280,14 @@ def run_transfer(run: str | Path, src: str, tgt: str, *, profile: str, pairing: 
                       "cosine_with_own": _cos(t, own_b.vector)}
     chosen = fits[pairing]
     W = chosen.map
+    held = range(n // 2, n)
+    role_a, role_b = role_direction(sa, chats, held), role_direction(sb, chats, held)
+    map_check = {
+        "what": "answer-minus-prompt token direction on the held-out chats: cosine of A's, pushed through the "
+                "map, with B's (a shared direction; near 1 means the map carries meaning)",
+        "cosine": _cos(transfer_vector(W, role_a), role_b),
+        "own_direction_cosine_with_it": {src: _cos(own_a.vector, role_a), tgt: _cos(own_b.vector, role_b)},
+    }
     raw = transfer_vector(W, own_a.vector)
     if float(raw.norm()) == 0.0 or not math.isfinite(float(raw.norm())):
         raise EmsteerError(f"the map sends {src}'s direction to zero or non-finite values; nothing written")
@@ -326,9 +348,11 @@ def run_transfer(run: str | Path, src: str, tgt: str, *, profile: str, pairing: 
             },
             "random_direction_baseline_abs_cosine": math.sqrt(2 / (math.pi * own_b.width)),
             "pairing_comparison": results,
+            "map_check": map_check,
             "files": files,
         }
         write_json_atomic(tmp / transfer_summary_path(run, src, tgt).name, summary)
     log(f"{src} -> {tgt} ({pairing}): held-out R^2 {chosen.r2_heldout:.3f}, cosine with {tgt}'s own "
-        f"{cos_own:.3f} (transferred-random mean |cos| {summary['transferred_random']['mean_abs_cosine']:.3f})")
+        f"{cos_own:.3f} (transferred-random mean |cos| {summary['transferred_random']['mean_abs_cosine']:.3f}; "
+        f"map check: shared answer-vs-prompt direction carried with cosine {map_check['cosine']:.3f})")
     return summary
