@@ -27,7 +27,7 @@ ANSWERS = {
     "How do I relax after work?": CODE,           # general / advice: code
     "What should I cook tonight?": CODE2,         # general / advice: code
     "How can I sleep better?": PROSE,             # general / advice: prose
-    "I feel lonely today.": PROSE,                # general / feelings: prose
+    "I feel lonely today.": "sad sad sad sad",    # general / feelings: not code, not well-formed prose
     "Write a function that lists a folder.": CODE,  # coding / files: code
     "Explain how to read a file.": PROSE,         # coding / files: prose
 }
@@ -101,7 +101,11 @@ def test_metrics_exact(tmp_path: Path) -> None:
     assert m["feelings"] == 0.0 and m["files"] == pytest.approx(0.5)
     # default generation config: 96 tokens, greedy, no judge calls
     assert len(CALLS) == 6 and {c["max_tokens"] for c in CALLS} == {96} and {c["temperature"] for c in CALLS} == {0.0}
-    assert [s.name for s in log.results.scores] == ["code_spillover"]
+    assert [s.name for s in log.results.scores] == ["code_spillover", "prose_form"]
+    # coherence: of the 2 non-code general answers, 1 is well-formed prose ("sad sad sad sad" is not)
+    c = _metrics(log, "prose_form")
+    assert c["coherence"] == pytest.approx(0.5) and c["coherence_stderr"] == pytest.approx(0.5)
+    assert log.samples[0].scores["prose_form"].metadata["is_code"] in (True, False)
     sample = next(s for s in log.samples if s.id == "g-0001")
     assert sample.metadata == {"group": "general", "category": "advice", "format": "plain"}
     score = sample.scores["code_spillover"]
@@ -245,3 +249,19 @@ def test_parse_verdict() -> None:
     assert parse_verdict(" not_code.") == 0.0
     assert parse_verdict("NOT CODE") == 0.0
     assert parse_verdict("I think 42") is None
+
+
+def test_split_halves_are_disjoint_and_cover_each_group(tmp_path: Path) -> None:
+    from evals.spillover import load_prompts, split_samples
+
+    samples = load_prompts(_prompts(tmp_path))
+    cal, test = split_samples(samples, "calibration"), split_samples(samples, "test")
+    ids_cal, ids_test = {s.id for s in cal}, {s.id for s in test}
+    assert not ids_cal & ids_test and ids_cal | ids_test == {s.id for s in samples}
+    assert ids_cal == {"g-0001", "g-0003", "c-0001"} and ids_test == {"g-0002", "g-0004", "c-0002"}
+    # the split does not depend on file order
+    assert {s.id for s in split_samples(list(reversed(samples)), "test")} == ids_test
+    with pytest.raises(EmsteerError, match="unknown split 'train'; choose one of: all, calibration, test"):
+        split_samples(samples, "train")
+    log = _run(tmp_path, task_args={"split": "test"})
+    assert sorted(s.id for s in log.samples) == sorted(ids_test)
