@@ -423,6 +423,10 @@ def run_extract(run: str | Path, family: str, *, profile: str, pooling: str | No
             })
         for p in sorted(tmp.rglob("*.safetensors")):
             files[str(p.relative_to(tmp))] = sha256_file(p)
+        from training.audit import CALIBRATION_FILE, calibration_document  # audit calibration, stored with the files
+
+        write_json_atomic(tmp / CALIBRATION_FILE, calibration_document(tmp, files, acts["base"].acts,
+                                                                       acts["insecure"].acts, test_idx))
         rates = {tag: sum(a.is_code) / len(a.is_code) for tag, a in acts.items()}
         summary = {
             "format": "emsteer-extraction/1", "family": family, "profile": profile, "model_id": model_id,
@@ -444,8 +448,12 @@ def run_extract(run: str | Path, family: str, *, profile: str, pooling: str | No
             "max_new_tokens": max_new, "seed": seed, "prompt_seed": prompt_seed,
             "command": command, "input_hashes": prov["input_hashes"], "inputs_sha256": key,
             "versions": prov["versions"], "files": files,
+            "audit_calibration": CALIBRATION_FILE,
         }
         write_json_atomic(tmp / _rel(extraction_summary_path(run, family), root), summary)
+    from training.audit import ensure_audit_directions  # the audit direction and its calibration (RUN/audit)
+
+    ensure_audit_directions(run, family, profile, force=True, log=log)
     fl = summary["final_layer"]
     log(f"{family}: wrote {n_layers} own + secure directions ({pooling}, {contrast}); final layer held-out "
         f"accuracy {fl['accuracy']:.3f}, AUROC {fl['auroc']:.3f}")
