@@ -15,9 +15,7 @@ Nothing of the questions or prompts themselves lives in this project: they are r
 from __future__ import annotations
 
 import hashlib
-import os
 import re
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -25,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import yaml
 
+from interventions.atomic import write_bytes_atomic
 from interventions.errors import EmsteerError
 from interventions.paths import cache_root
 
@@ -174,20 +173,6 @@ def _download(url: str, max_bytes: int, timeout: float) -> bytes:
     return data
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def fetch_questions(url: str, *, require_judge: bool = False, max_bytes: int = MAX_DOWNLOAD_BYTES,
                     timeout: float = DOWNLOAD_TIMEOUT_S) -> Path:
     """The cached copy of `url`, downloading it first when there is none.
@@ -211,7 +196,7 @@ def fetch_questions(url: str, *, require_judge: bool = False, max_bytes: int = M
     except UnicodeDecodeError:
         raise EmsteerError(f"{url}: not UTF-8 text; not a questions file") from None
     parse_questions(text, url, require_judge=require_judge)  # raises on anything but a question list
-    _write_atomic(cached, data)
+    write_bytes_atomic(cached, data)
     return cached
 
 

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from evals.code_detector import is_code
+from interventions.atomic import write_text_atomic
 from interventions.errors import EmsteerError
 
 __all__ = ["score_responses", "format_table", "wilson_interval", "read_table"]
@@ -120,18 +119,7 @@ def _group_key(value: Any) -> str:
 
 
 def _write_rows_atomic(out: Path, flags: list[bool | None]) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for i, flag in enumerate(flags):
-                fh.write(json.dumps({"row": i, "is_code": flag}) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomic(out, "".join(json.dumps({"row": i, "is_code": flag}) + "\n" for i, flag in enumerate(flags)))
 
 
 def score_responses(path: Path, column: str, by: str | None = None, out: Path | None = None) -> dict:
