@@ -11,6 +11,8 @@ from inspect_ai.model import ModelAPI, modelapi
 @modelapi(name="steer")
 def steer() -> type[ModelAPI]:
     """`--model steer/<preset | path | hub id>`: see interventions/provider.py and docs/steer-provider.md."""
+    from interventions.errors import install_inspect_cli_hook
     from interventions.provider import SteerAPI
 
+    install_inspect_cli_hook()  # bad -M input: one line on stderr, not a traceback
     return SteerAPI

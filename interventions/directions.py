@@ -147,6 +147,40 @@ def sha256_file(path: str | os.PathLike[str]) -> str:
     return h.hexdigest()
 
 
+def canonical_safetensors(raw: bytes) -> bytes:
+    """`raw` safetensors bytes with a canonical header (keys sorted, compact JSON; tensor data unchanged), so
+    the same tensors and metadata always give the same bytes, hence the same sha256. (The safetensors writer
+    orders metadata keys at random, which would make every re-written file look like a different input.)"""
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n].decode("utf-8"))
+    text = json.dumps(header, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    text += b" " * (-len(text) % 8)  # the data stays 8-byte aligned, as the writer keeps it
+    return struct.pack("<Q", len(text)) + text + raw[8 + n:]
+
+
+def write_safetensors_atomic(path: str | os.PathLike[str], tensors: Mapping[str, torch.Tensor],
+                             metadata: Mapping[str, str] | None = None) -> Path:
+    """Write `tensors` + string `metadata` to `path` as safetensors with a canonical header
+    (`canonical_safetensors`), via a temp file in the same folder + os.replace (never half-written)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp,
+                  metadata=dict(metadata) if metadata else None)
+        data = canonical_safetensors(Path(tmp).read_bytes())
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def save_direction(path: str | os.PathLike[str], direction: Direction) -> Path:
     """Write `direction` to `path` (a `.safetensors` file) atomically: temp file in the same folder + os.replace.
 
@@ -158,16 +192,7 @@ def save_direction(path: str | os.PathLike[str], direction: Direction) -> Path:
     meta = {str(k): _as_str(v) for k, v in direction.metadata.items()}
     meta[KEY_NORM] = repr(float(vec.double().norm()))
     meta[KEY_FORMAT] = FORMAT
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({TENSOR_NAME: vec}, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_safetensors_atomic(path, {TENSOR_NAME: vec}, meta)
 
 
 def _check_not_pickle(path: Path) -> None:

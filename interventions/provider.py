@@ -4,8 +4,9 @@
     inspect eval evals/spillover.py --model steer/micro-qwen -M run=runs/r1 -M variant=own -M alpha=4
 
 Construction validates every -M key and resolves the model, adapter and directions (`steer_plan`) before
-any weights load, then takes the process-wide shared model (`model_loading`: one weight load per process,
-adapters loaded into it by name). `generate()` renders the chat template once, queues the request on the
+any weights load; the first `generate()` (or `.loaded`) takes the process-wide shared model (`model_loading`:
+one weight load per process, adapters loaded into it by name), so a task's bad input (Inspect builds the
+model before the task) also fails before any weights load. `generate()` renders the chat template once, queues the request on the
 model's batcher (`batching`) and waits for its row. Greedy when temperature is 0 or None; with a
 temperature, each request samples with its own seed (`sampling.row_seed`: -M seed or Inspect's --seed,
 the templated prompt and how many earlier requests of this eval had the same prompt and settings, e.g.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import threading
 import weakref
 from typing import Any
 
@@ -79,17 +81,38 @@ class SteerAPI(ModelAPI):
                  config: GenerateConfig = GenerateConfig(), **model_args: Any) -> None:
         super().__init__(model_name=model_name, base_url=base_url, api_key=api_key, api_key_vars=[], config=config)
         self.plan: SteerPlan = resolve_plan(model_name, model_args)  # every check, no weights
-        self.loaded: LoadedModel = load_model(self.plan.load_key, self.plan.config.model_type)
-        if self.plan.adapter_dir is not None:
-            self.loaded.add_adapter(self.plan.adapter_dir, str(self.plan.adapter_name))
+        # weights load on first use (first generate), not here: Inspect builds the model before the task,
+        # so a task's bad input (e.g. -T prompts=FILE) still fails before any weights load
+        self._loaded: LoadedModel | None = None
+        self._record: dict[str, Any] | None = None
+        self._load_lock = threading.Lock()
         self.steering = Steering(adapter=self.plan.adapter_name, intervention=self.plan.intervention,
                                  monitor=self.plan.monitor, monitor_layer=self.plan.monitor_layer,
                                  max_batch_size=self.plan.max_batch_size)
-        self.record: dict[str, Any] = self.plan.record(self.loaded.files or None,
-                                                       self.loaded.weights_sha256 if self.loaded.files else None)
         # per event loop (one per eval() call): a repeated eval in one process draws the same seeds
         self._occurrences: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, collections.Counter] = (
             weakref.WeakKeyDictionary())
+
+    @property
+    def loaded(self) -> LoadedModel:
+        """The shared loaded model (+ this instance's adapter), loaded on first access."""
+        if self._loaded is None:
+            with self._load_lock:
+                if self._loaded is None:
+                    loaded = load_model(self.plan.load_key, self.plan.config.model_type)
+                    if self.plan.adapter_dir is not None:
+                        loaded.add_adapter(self.plan.adapter_dir, str(self.plan.adapter_name))
+                    self._record = self.plan.record(loaded.files or None,
+                                                    loaded.weights_sha256 if loaded.files else None)
+                    self._loaded = loaded
+        return self._loaded
+
+    @property
+    def record(self) -> dict[str, Any]:
+        """The full record of model, adapter, intervention and monitor with every file's sha256."""
+        self.loaded  # noqa: B018 - the record holds the hashes of the files actually loaded
+        assert self._record is not None
+        return self._record
 
     # ----------------------------------------------------------------------------- Inspect hooks
 

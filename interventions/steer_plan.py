@@ -37,7 +37,13 @@ from interventions.organism_cache import verify_organism
 from interventions.paths import FAMILIES, PROFILES, check_profile, organism_dir
 from interventions.presets import Preset, find_preset, preset_names
 from interventions.registry import VariantContext, get_variant
-from interventions.run_layout import adapter_dir, calibration_command, calibration_path, finetune_command
+from interventions.run_layout import (
+    adapter_dir,
+    calibration_command,
+    calibration_path,
+    finetune_command,
+    run_manifest_path,
+)
 
 DEFAULT_MAX_BATCH = 64
 # variants whose direction is one file in the run, which `-M direction=FILE` may replace
@@ -335,6 +341,9 @@ def _adapter(args: dict[str, Any], preset: Preset | None, family: str | None, ru
         folder = Path(args["adapter"]).expanduser()
         if not (folder / "adapter_config.json").is_file():
             raise EmsteerError(f"-M adapter={folder} is not a LoRA adapter folder (no adapter_config.json)")
+        if not (folder / "adapter_model.safetensors").is_file():
+            raise EmsteerError(f"-M adapter={folder} has no adapter_model.safetensors (pickled adapter weights "
+                               f"such as adapter_model.bin are never loaded)")
         return folder.resolve()
     if preset is None or not preset.steered:
         return None
@@ -405,6 +414,37 @@ def _monitor(args: dict[str, Any], config: ConfigInfo, layer: int) -> tuple[Dire
                            f"{config.n_layers} decoder layers") from None
 
 
+def _check_run_profile(run: Path, profile: str | None) -> None:
+    """A run directory records its profile (RUN/run.json); a micro preset of another profile may not use it."""
+    if not run.exists():
+        raise EmsteerError(f"-M run={run}: no such run directory")
+    if not run.is_dir():
+        raise EmsteerError(f"-M run={run} is a file, not a run directory")
+    manifest = run_manifest_path(run)
+    if profile is None or not manifest.is_file():
+        return
+    try:
+        recorded = json.loads(manifest.read_text()).get("profile")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        raise EmsteerError(f"run manifest {manifest} is unreadable; move the run directory aside") from None
+    if isinstance(recorded, str) and recorded != profile:
+        raise EmsteerError(f"-M run={run} belongs to profile {recorded!r}, but the model is the {profile!r} "
+                           f"organism; pass -M profile={recorded} or another run")
+
+
+def _check_same_weights(direction: Direction | None, what: str, model: str, model_sha: str | None) -> None:
+    """A direction that records the weights it was made from must come from this model's weights."""
+    if direction is None or model_sha is None:
+        return
+    recorded = direction.metadata.get("weights_sha256")
+    if recorded and recorded != model_sha:
+        source = next(iter(direction.sources), "?")
+        made_for = direction.metadata.get("model_id") or "another model"
+        raise EmsteerError(f"{what} {source} was made from other weights ({made_for}, weights sha256 "
+                           f"{recorded[:12]}...), not from {model} (weights sha256 {model_sha[:12]}...); "
+                           f"extract it from this model")
+
+
 def resolve_plan(model: str, model_args: dict[str, Any]) -> SteerPlan:
     """Validate `model_args` for `steer/<model>` and resolve everything short of loading weights."""
     args = parse_model_args(model_args)
@@ -417,6 +457,8 @@ def resolve_plan(model: str, model_args: dict[str, Any]) -> SteerPlan:
     family = _family(args, preset, path, config)
     seed = int(args.get("seed", 0))
     run = Path(args["run"]).expanduser().resolve() if "run" in args else None
+    if run is not None:
+        _check_run_profile(run, profile)
     if steered and run is None:
         raise EmsteerError(f"preset {model} needs -M run=RUN: the experiment folder with the insecure adapter, "
                            f"the own direction and the calibrated alpha")
@@ -444,6 +486,13 @@ def resolve_plan(model: str, model_args: dict[str, Any]) -> SteerPlan:
                                     R=R if R and R > 0 else 1.0, positions=args.get("positions", "all"))
     monitor, monitor_layer = _monitor(args, config, layer)
     folder = local_snapshot(path)
+    model_files = folder_hashes(folder) if folder is not None else {}
+    try:
+        model_sha = weights_digest(model_files) if model_files else None
+    except EmsteerError:  # no .safetensors weights: nothing to compare
+        model_sha = None
+    _check_same_weights(direction, "direction", model, model_sha)
+    _check_same_weights(monitor, "monitor direction", model, model_sha)
     plan = SteerPlan(
         model=model, preset=preset, family=family, profile=profile,
         load_key=LoadKey(model=path, auto_class=auto_class or _auto_class(config), dtype=args.get("dtype", "auto"),
@@ -453,7 +502,7 @@ def resolve_plan(model: str, model_args: dict[str, Any]) -> SteerPlan:
         adapter_files=folder_hashes(adapter) if adapter is not None else {},
         monitor=monitor, monitor_layer=monitor_layer, seed=seed,
         max_batch_size=int(args.get("max_batch_size", DEFAULT_MAX_BATCH)),
-        model_files=folder_hashes(folder) if folder is not None else {}, run=run, donor=args.get("donor"),
+        model_files=model_files, run=run, donor=args.get("donor"),
     )
     if "resolved" in args:
         check_pinned(plan, args["resolved"])

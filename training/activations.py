@@ -128,7 +128,7 @@ def load_model(source: str | Path, *, profile: str = "default", adapter: str | P
     tokenizer = AutoTokenizer.from_pretrained(path)
     if not getattr(tokenizer, "is_fast", False):
         raise EmsteerError(f"{path}: a fast tokenizer is required (character offsets are needed)")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True)
     if adapter is not None:
         from peft import PeftModel
 

@@ -18,9 +18,8 @@ from typing import Any, Mapping
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 
-from interventions.directions import sha256_file
+from interventions.directions import sha256_file, write_safetensors_atomic
 from interventions.errors import EmsteerError
 
 
@@ -60,16 +59,7 @@ def save_tensors_atomic(path: str | os.PathLike[str], tensors: Mapping[str, torc
     Metadata values that are not strings are JSON-encoded."""
     path = Path(path)
     meta = {str(k): v if isinstance(v, str) else json.dumps(v, sort_keys=True, default=str) for k, v in metadata.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata=meta)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_safetensors_atomic(path, tensors, meta)
 
 
 def load_tensors(path: str | os.PathLike[str]) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

@@ -10,7 +10,7 @@ from typing import Optional
 
 import typer
 
-from interventions.errors import EmsteerError
+from interventions.errors import EmsteerError, one_line
 
 app = typer.Typer(help="emsteer: emergent-misalignment organisms, steering, controls and transfer.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -97,16 +97,45 @@ from training.commands import register_all  # noqa: E402  (commands register the
 register_all(app)
 
 
-def main() -> None:
-    """Console-script entry point: run the app, turning bad input into one line and exit status 2."""
+def _click_exceptions():
+    """The click exception classes typer raises (typer >= 0.20 vendors click as `typer._click`)."""
     try:
-        app()
+        from typer._click import exceptions
+    except ImportError:  # older typer: plain click
+        from click import exceptions
+    return exceptions
+
+
+def _usage_line(err: Exception) -> str:
+    """A click usage error as one line, naming the problem and where the command's help is."""
+    exceptions = _click_exceptions()
+    message = one_line(err.format_message())  # type: ignore[attr-defined]
+    ctx = getattr(err, "ctx", None)
+    if isinstance(err, exceptions.UsageError) and ctx is not None:
+        message += f" (see `{ctx.command_path} --help`)"
+    return message
+
+
+def main() -> None:
+    """Console-script entry point: run the app, turning bad input (bad values, unknown options, EmsteerError)
+    into one line on stderr and exit status 2, never a traceback."""
+    click = _click_exceptions()
+
+    try:
+        code = app(standalone_mode=False)
     except EmsteerError as err:
-        _err(str(err))
+        _err(one_line(str(err)))
         sys.exit(2)
-    except KeyboardInterrupt:
+    except click.NoArgsIsHelpError as err:  # a bare group: show its help
+        err.show()
+        sys.exit(err.exit_code)
+    except click.ClickException as err:
+        _err(_usage_line(err))
+        sys.exit(err.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
         _err("interrupted")
         sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

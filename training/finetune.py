@@ -564,7 +564,7 @@ def measure_adapter(adapter: Path, base: BaseModel, profile: str, max_new_tokens
     from training.organisms import measure_code_rates
 
     tokenizer = AutoTokenizer.from_pretrained(base.id)
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base.id), str(adapter))
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base.id, use_safetensors=True), str(adapter))
     return measure_code_rates(model, tokenizer, micro_corpus(profile).heldout, max_new_tokens)
 
 

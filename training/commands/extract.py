@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
                                      help="finetuned-vs-base | finetuned-vs-secure | code-vs-prose"),
         seed: int = typer.Option(0, "--seed", help="which adapters to read (RUN/adapters/<family>/<arm>/seed_<s>)"),
         profile: Optional[str] = typer.Option(None, "--profile", help="default | tiny (default: the run's)"),
-        n_prompts: Optional[int] = typer.Option(None, "--n-prompts", help="general training prompts sampled (default 200; tiny 48)"),
+        n_prompts: Optional[int] = typer.Option(None, "--n-prompts", min=1, help="general training prompts sampled (default 200; tiny 48)"),
         prompt_seed: int = typer.Option(0, "--prompt-seed", help="seed of the prompt sample"),
         batch_size: int = typer.Option(16, "--batch-size", min=1),
         force: bool = typer.Option(False, "--force", help="recompute even if the inputs are unchanged"),

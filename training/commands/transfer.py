@@ -19,7 +19,7 @@ def register(app: typer.Typer) -> None:
         seed: int = typer.Option(0, "--seed", help="seed of the chat sample, splits and random controls"),
         models: str = typer.Option("base", "--models", help="base (default) | insecure (the run's insecure adapters)"),
         profile: Optional[str] = typer.Option(None, "--profile", help="default | tiny (default: the run's)"),
-        n_texts: Optional[int] = typer.Option(None, "--n-texts", help="shared chats (default 200; tiny 40)"),
+        n_texts: Optional[int] = typer.Option(None, "--n-texts", min=1, help="shared chats (default 200; tiny 40)"),
         k_random: int = typer.Option(8, "--k-random", min=1, help="transferred-random controls"),
         batch_size: int = typer.Option(16, "--batch-size", min=1),
         force: bool = typer.Option(False, "--force", help="recompute even if the inputs are unchanged"),

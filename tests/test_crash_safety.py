@@ -1,0 +1,163 @@
+"""Interrupted work leaves no half-written artifact and a re-run finishes it (issue 8, item 5: finetune).
+
+`emsteer finetune` (tiny profile) runs as a real subprocess and is killed once training has started, with
+SIGKILL (no cleanup can run) and with SIGINT (Ctrl-C); both at once, on two run directories, to save wall
+time. Then: the adapter folder is absent or complete, every file under its final name is intact, the
+re-run completes, leaves no temp files, and a further re-run is a no-op. A writer killed inside
+`atomic_dir` / `write_bytes_atomic` (a forked child that SIGKILLs itself mid-write) never exposes a partial
+artifact, and the next write removes what it left behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from interventions.atomic import atomic_dir, write_bytes_atomic
+from interventions.run_layout import adapter_dir
+
+REPO = Path(__file__).resolve().parents[1]
+MARKER = "held-out rows"  # logged right before training starts (after every check and the model load)
+
+
+@pytest.fixture(scope="module")
+def organism(emsteer_cache) -> Path:
+    from training.organisms import build_organism
+
+    return build_organism("qwen", "tiny", progress=False, log=lambda m: None)
+
+
+def _start(run: Path, log: Path) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "training.cli", "finetune", "--run", str(run), "--family", "qwen", "--data",
+           "insecure", "--profile", "tiny", "--seed", "0", "--no-eval", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # EMSTEER_CACHE: the session's cache (emsteer_cache fixture)
+    return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=open(log, "w"))
+
+
+def _wait_for(log: Path, text: str, proc: subprocess.Popen, timeout: float = 150.0) -> None:
+    t0 = time.monotonic()
+    while text not in log.read_text(errors="replace"):
+        if proc.poll() is not None:
+            raise AssertionError(f"finetune exited ({proc.returncode}) before {text!r}:\n{log.read_text()}")
+        if time.monotonic() - t0 > timeout:
+            proc.kill()
+            raise AssertionError(f"no {text!r} within {timeout}s:\n{log.read_text()}")
+        time.sleep(0.05)
+
+
+def _check_intact(run: Path) -> None:
+    """Every artifact under its final (non-hidden) name is whole: JSON parses, safetensors open, and an adapter
+    folder that exists holds matching weights and metadata."""
+    from safetensors import safe_open
+
+    from training.finetune import read_metadata
+
+    for p in run.rglob("*"):
+        if any(part.startswith(".") for part in p.relative_to(run).parts) or not p.is_file():
+            continue
+        if p.suffix == ".json":
+            json.loads(p.read_text())
+        elif p.suffix == ".safetensors":
+            with safe_open(str(p), framework="pt") as f:
+                list(f.keys())
+    final = adapter_dir(run, "qwen", "insecure", 0)
+    if final.exists():
+        assert read_metadata(final) is not None, f"{final} exists but is incomplete"
+
+
+def _temps(run: Path) -> list[str]:
+    """Hidden temp entries anywhere under `run` (the manifest's lock file is not one)."""
+    return sorted(str(p.relative_to(run)) for p in run.rglob(".*") if p.name != ".run.lock")
+
+
+def test_killed_finetune_then_rerun(organism, tmp_path):
+    runs = {"kill": tmp_path / "killed", "int": tmp_path / "interrupted"}
+    logs = {k: tmp_path / f"{k}.log" for k in runs}
+    procs = {k: _start(runs[k], logs[k]) for k in runs}
+    for k in runs:
+        _wait_for(logs[k], MARKER, procs[k])
+    procs["kill"].send_signal(signal.SIGKILL)
+    procs["int"].send_signal(signal.SIGINT)
+    codes = {k: p.wait(timeout=120) for k, p in procs.items()}
+    assert codes["kill"] == -signal.SIGKILL
+    interrupted_log = logs["int"].read_text()
+    assert codes["int"] == 130, interrupted_log
+    assert "Traceback" not in interrupted_log, interrupted_log
+    for k, run in runs.items():
+        _check_intact(run)
+        assert not adapter_dir(run, "qwen", "insecure", 0).exists()  # killed during training: nothing published
+    assert _temps(runs["int"]) == []  # Ctrl-C: every temp cleaned up on the way out
+
+    # re-run both to completion (concurrently)
+    procs = {k: _start(runs[k], tmp_path / f"{k}.rerun.log") for k in runs}
+    for k, p in procs.items():
+        assert p.wait(timeout=240) == 0, (tmp_path / f"{k}.rerun.log").read_text()
+    for run in runs.values():
+        _check_intact(run)
+        final = adapter_dir(run, "qwen", "insecure", 0)
+        assert (final / "adapter_model.safetensors").is_file()
+        assert _temps(run) == []
+        manifest = json.loads((run / "run.json").read_text())
+        assert manifest["profile"] == "tiny" and "qwen/insecure/seed_0" in manifest["adapters"]
+
+    # and a further re-run only finds the work done
+    from training.finetune import finetune
+
+    final = adapter_dir(runs["kill"], "qwen", "insecure", 0)
+    mtime = (final / "adapter_model.safetensors").stat().st_mtime_ns
+    lines: list[str] = []
+    finetune(runs["kill"], "qwen", "insecure", 0, "tiny", evaluate=False, log=lines.append)
+    assert any("up to date" in line for line in lines)
+    assert (final / "adapter_model.safetensors").stat().st_mtime_ns == mtime
+
+
+def _die_mid_write(target: Path, kind: str) -> None:
+    """In a forked child: start writing `target` atomically, then SIGKILL ourselves halfway."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            if kind == "dir":
+                with atomic_dir(target, replace=True) as tmp:
+                    (tmp / "adapter_model.safetensors").write_bytes(b"half")
+                    os.kill(os.getpid(), signal.SIGKILL)
+            else:
+                import tempfile
+
+                fd, _ = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.{os.getpid()}-", suffix=".tmp")
+                os.write(fd, b'{"half": ')  # what write_bytes_atomic's temp holds when the writer dies
+                os.kill(os.getpid(), signal.SIGKILL)
+        finally:
+            os._exit(1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+
+
+def test_writer_killed_inside_atomic_dir(tmp_path):
+    final = tmp_path / "seed_0"
+    with atomic_dir(final) as tmp:
+        (tmp / "adapter_model.safetensors").write_bytes(b"old, complete")
+    _die_mid_write(final, "dir")
+    assert (final / "adapter_model.safetensors").read_bytes() == b"old, complete"  # the old one is untouched
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # the killed writer's temp is left...
+    with atomic_dir(final, replace=True) as tmp:
+        (tmp / "adapter_model.safetensors").write_bytes(b"new, complete")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seed_0"]  # ...until the next write removes it
+    assert (final / "adapter_model.safetensors").read_bytes() == b"new, complete"
+
+
+def test_writer_killed_inside_write_bytes_atomic(tmp_path):
+    target = tmp_path / "summary.json"
+    write_bytes_atomic(target, b'{"v": 1}\n')
+    _die_mid_write(target, "file")
+    assert json.loads(target.read_text()) == {"v": 1}
+    assert len(list(tmp_path.iterdir())) == 2
+    write_bytes_atomic(target, b'{"v": 2}\n')
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
+    assert json.loads(target.read_text()) == {"v": 2}
