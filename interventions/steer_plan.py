@@ -254,7 +254,7 @@ class SteerPlan:
         """What `resolved_model_args` puts in model_args (and a later run checks): hashes + intervention."""
         return json.loads(json.dumps({"sha256": self.sha256(), "intervention": self.intervention_record(),
                                       "adapter": str(self.adapter_dir) if self.adapter_dir else None},
-                                     default=str))
+                                     default=str, sort_keys=True))  # sorted: eval_set hashes model_args in order
 
 
 # ------------------------------------------------------------------------------------------- resolution

@@ -1,0 +1,131 @@
+"""Run a grid's cells as Inspect tasks with `eval_set`: one log per cell under `RUN/logs/<grid>/`, retries, and a
+re-run that skips finished cells (Inspect pairs tasks with logs by task identity, which includes the model args,
+so a cell whose files changed is run again).
+
+Every cell runs `evals/spillover.py` on a `steer/` model whose `-M` keys name the cell's adapter, variant, alpha,
+layer, op and seeds, plus `resolved` (sha256 of every file and the full intervention, from
+`interventions.provider.resolved_model_args`), so each log carries its own provenance.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from evals.grid import Cell, Grid
+from interventions.errors import EmsteerError
+from interventions.run_layout import adapter_dir, calibration_command, calibration_path, finetune_command, logs_dir
+
+__all__ = ["SweepResult", "cell_model_args", "cell_task", "check_cells", "run_cells", "calibrated_alpha",
+           "preset_for", "sweep_log_dir"]
+
+
+def preset_for(family: str) -> str:
+    """The `steer/` preset of a micro family."""
+    return f"micro-{family}"
+
+
+def sweep_log_dir(run: str | Path, name: str) -> Path:
+    """`RUN/logs/<name>`: the eval-set folder of one grid (or `calibration`)."""
+    return logs_dir(run) / name
+
+
+def calibrated_alpha(run: str | Path, family: str) -> float:
+    """The alpha in `RUN/calibration/<family>.json`; one-line error naming the command that makes it."""
+    path = calibration_path(run, family)
+    if not path.is_file():
+        raise EmsteerError(f"{path} is missing: the grid uses alpha = \"calibrated\"; make it with "
+                           f"`{calibration_command(run, family)}`")
+    try:
+        alpha = float(json.loads(path.read_text())["alpha"])
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise EmsteerError(f"{path} has no numeric 'alpha' ({err})") from None
+    return alpha
+
+
+def cell_model_args(cell: Cell, run: str | Path, profile: str, alpha: float | None) -> dict[str, Any]:
+    """The `steer/` `-M` keys of a cell (without `resolved`)."""
+    args: dict[str, Any] = {"profile": profile, "run": str(Path(run).resolve()), "layer": cell.layer,
+                            "seed": cell.seed if cell.control_seed is None else cell.control_seed}
+    if cell.arm is not None:
+        args["adapter"] = str(adapter_dir(run, cell.family, cell.arm, cell.seed).resolve())
+    args["variant"] = cell.variant
+    if cell.variant != "none":
+        args["op"] = cell.op
+        args["alpha"] = alpha
+    if cell.donor:
+        args["donor"] = cell.donor
+    return args
+
+
+def check_cells(cells: list[Cell], run: str | Path, profile: str) -> dict[str, float]:
+    """Check every file the cells need before anything runs; return the calibrated alpha per family used."""
+    alphas: dict[str, float] = {}
+    missing: list[str] = []
+    for cell in cells:
+        if cell.arm is not None and not (adapter_dir(run, cell.family, cell.arm, cell.seed) / "adapter_config.json").is_file():
+            missing.append(f"adapter {adapter_dir(run, cell.family, cell.arm, cell.seed)} "
+                           f"(`{finetune_command(run, cell.family, cell.arm, cell.seed)}`)")
+        if cell.alpha == "calibrated" and cell.family not in alphas:
+            alphas[cell.family] = calibrated_alpha(run, cell.family)
+    if missing:
+        more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
+        raise EmsteerError(f"missing {missing[0]}{more}")
+    return alphas
+
+
+def _alpha_of(cell: Cell, alphas: dict[str, float]) -> float | None:
+    if cell.variant == "none":
+        return None
+    return alphas[cell.family] if cell.alpha == "calibrated" else float(cell.alpha)  # type: ignore[arg-type]
+
+
+def cell_task(cell: Cell, run: str | Path, profile: str, task_args: dict[str, Any], alpha: float | None,
+              grid_name: str) -> Any:
+    """The Inspect task of one cell: `spillover` on the cell's resolved `steer/` model, labelled with the cell."""
+    from inspect_ai import Task
+    from inspect_ai.model import get_model
+
+    from evals.spillover import spillover
+    from interventions.provider import resolved_model_args
+
+    model_name = f"steer/{preset_for(cell.family)}"
+    margs = resolved_model_args(model_name, cell_model_args(cell, run, profile, alpha))
+    base = spillover(profile=profile, **task_args)
+    label = {**cell.label(), "alpha_value": alpha, "grid": grid_name}
+    return Task(dataset=base.dataset, solver=base.solver, scorer=base.scorer, config=base.config,
+                model=get_model(model_name, **margs), name=f"spillover_{cell.name}".replace("-", "_"),
+                metadata={**(base.metadata or {}), "cell": label})
+
+
+@dataclass
+class SweepResult:
+    """What `run_cells` did: whether every cell succeeded, and one log path per cell."""
+
+    success: bool
+    logs: dict[str, str]
+
+
+def run_cells(cells: list[Cell], run: str | Path, profile: str, *, name: str, task_args: dict[str, Any],
+              alphas: dict[str, float], display: str = "rich", max_tasks: int = 2, retry_attempts: int = 2,
+              log: Callable[[str], None] = print) -> SweepResult:
+    """Run cells through `eval_set` into `RUN/logs/<name>` (finished cells are skipped on a re-run)."""
+    from inspect_ai import eval_set
+
+    if not cells:
+        raise EmsteerError("the grid selects no cells")
+    tasks = [cell_task(c, run, profile, task_args, _alpha_of(c, alphas), name) for c in cells]
+    folder = sweep_log_dir(run, name)
+    folder.mkdir(parents=True, exist_ok=True)
+    log(f"sweep {name}: {len(cells)} cells -> {folder}")
+    ok, logs = eval_set(tasks, log_dir=str(folder), display=display, max_tasks=max_tasks,
+                        retry_attempts=retry_attempts, retry_wait=1, log_dir_allow_dirty=True,
+                        score_display=False)
+    by_cell: dict[str, str] = {}
+    for lg in logs:
+        cell = (lg.eval.metadata or {}).get("cell") or {}
+        if isinstance(cell, dict) and cell.get("cell"):
+            by_cell[cell["cell"]] = lg.location
+    return SweepResult(success=bool(ok), logs=by_cell)

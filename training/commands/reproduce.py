@@ -1,0 +1,37 @@
+"""`emsteer reproduce`: the study end to end on the micro organisms."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add `reproduce` to `app`."""
+
+    @app.command("reproduce")
+    def reproduce_cmd(
+        profile: str = typer.Option("default", "--profile", help="default (the embedded default) | tiny (seconds, tests)"),
+        out: Path = typer.Option(Path("runs/micro"), "--out", help="run directory (resumable: finished work is kept)"),
+        grid: str = typer.Option("paper", "--grid", help="grid name in configs/grids or a .toml path"),
+        family: str = typer.Option("all", "--family", help="families (comma-separated; default: the grid's)"),
+        seeds: Optional[int] = typer.Option(None, "--seeds", help="insecure seeds per family (default: the grid's, 3)"),
+        secure_seeds: Optional[int] = typer.Option(None, "--secure-seeds", help="secure seeds (default: as many as --seeds)"),
+        no_audit: bool = typer.Option(False, "--no-audit", help="skip the neutral finetune and the audit validation"),
+        display: str = typer.Option("rich", "--display", help="Inspect display for the sweep: rich | plain | none"),
+        quiet: bool = typer.Option(False, "--quiet", help="no progress bars in training stages"),
+    ) -> None:
+        """Organisms (cached), finetunes, extraction, controls, transfer, calibration, sweep, audit and report;
+        prints the final table. Re-running finishes only what is missing."""
+        from evals.report import tables_markdown
+        from training.profiles import resolve_families
+        from training.reproduce import plan_reproduce, run_reproduce
+
+        fams = tuple(resolve_families(family)) if family != "all" else None
+        plan = plan_reproduce(out, profile=profile, families=fams, grid=grid, seeds=seeds, secure_seeds=secure_seeds,
+                              audit=not no_audit, display=display)
+        summary = run_reproduce(plan, log=lambda m: typer.echo(m, err=True), progress=not quiet)
+        typer.echo(tables_markdown(summary))
+        typer.echo(f"timings (s): {plan.timings}")

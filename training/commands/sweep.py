@@ -1,0 +1,63 @@
+"""`emsteer sweep` and `emsteer report`: run a grid's cells as Inspect tasks, and turn the logs into the report."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add `sweep` and `report` to `app`."""
+
+    @app.command("sweep")
+    def sweep_cmd(
+        run: Path = typer.Option(..., "--run", help="experiment directory (adapters, directions, transfer maps)"),
+        grid: str = typer.Option("paper", "--grid", help="grid name in configs/grids (paper, smoke, ...) or a .toml path"),
+        family: str = typer.Option("all", "--family", help="only these families of the grid (comma-separated)"),
+        calibrate: bool = typer.Option(False, "--calibrate", help="only calibrate alpha (RUN/calibration/<family>.json)"),
+        profile: Optional[str] = typer.Option(None, "--profile", help="default | tiny (default: the run's)"),
+        display: str = typer.Option("rich", "--display", help="Inspect display: rich | full | plain | none"),
+        max_tasks: int = typer.Option(2, "--max-tasks", min=1, help="cells run at once in this process"),
+        force: bool = typer.Option(False, "--force", help="with --calibrate: recalibrate even if calibrated"),
+    ) -> None:
+        """Run every cell of GRID through Inspect's eval_set (one log per cell under RUN/logs/<grid>; a re-run
+        skips finished cells). With --calibrate, pick alpha per family on the calibration split instead."""
+        from evals.calibrate import calibrate_family
+        from evals.grid import expand_cells, load_grid
+        from evals.sweep import check_cells, run_cells
+        from interventions.run_layout import calibration_path
+        from training.artifacts import run_profile
+        from training.profiles import resolve_families
+
+        g = load_grid(grid)
+        fams = tuple(resolve_families(family)) if family != "all" else g.families
+        prof = run_profile(run, profile)
+        log = lambda m: typer.echo(m, err=True)  # noqa: E731
+        if calibrate:
+            for f in fams:
+                if force or not calibration_path(run, f).is_file():
+                    calibrate_family(run, f, prof, seed=g.seeds[0], layer=g.layer, op=g.op,
+                                     max_tokens=int(g.task.get("max_tokens", 64)), display=display, log=log)
+                else:
+                    log(f"{f}: already calibrated ({calibration_path(run, f)}); --force to redo")
+            return
+        cells = expand_cells(g, fams)
+        alphas = check_cells(cells, run, prof)
+        result = run_cells(cells, run, prof, name=g.name, task_args=dict(g.task), alphas=alphas, display=display,
+                           max_tasks=max_tasks, log=log)
+        typer.echo(f"{len(result.logs)}/{len(cells)} cells finished; logs in {run / 'logs' / g.name}")
+        if not result.success:
+            raise typer.Exit(1)
+
+    @app.command("report")
+    def report_cmd(
+        run: Path = typer.Argument(..., help="experiment directory"),
+        grid: str = typer.Option("paper", "--grid", help="which sweep's logs (RUN/logs/<grid>)"),
+    ) -> None:
+        """Write RUN/report/summary.json, tables.md and figures from the sweep logs and the run's artifacts."""
+        from evals.report import tables_markdown, write_report
+
+        summary = write_report(run, grid, log=lambda m: typer.echo(m, err=True))
+        typer.echo(tables_markdown(summary))

@@ -1,0 +1,146 @@
+"""`emsteer reproduce`: the whole study on the micro organisms, end to end, resumable.
+
+Stages (each a no-op when its artifacts exist with the same inputs, so an interrupted run finishes only what
+is missing): organisms -> finetunes (insecure x seeds, secure x seeds, neutral x 1 for the audit) -> extract
+(seed-0 adapters) -> controls -> transfer (every ordered pair of families) -> calibrate alpha per family ->
+sweep (the grid, via Inspect's eval_set) -> audit validation -> report. Stage timings go to
+`RUN/reproduce.json`.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from evals.grid import Grid, expand_cells, load_grid
+from interventions.atomic import write_json_atomic
+from interventions.errors import EmsteerError
+from interventions.paths import check_profile
+from interventions.run_layout import calibration_path
+from training.run_manifest import check_run
+
+__all__ = ["ReproducePlan", "plan_reproduce", "run_reproduce"]
+
+Log = Callable[[str], None]
+
+
+@dataclass
+class ReproducePlan:
+    """What a reproduce run will do, validated before anything runs."""
+
+    run: Path
+    profile: str
+    families: tuple[str, ...]
+    grid: Grid
+    seeds: tuple[int, ...]
+    secure_seeds: tuple[int, ...]
+    neutral_seeds: tuple[int, ...]
+    transfer_pairs: tuple[tuple[str, str], ...]
+    audit: bool = True
+    display: str = "rich"
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def plan_reproduce(run: str | Path, *, profile: str = "default", families: tuple[str, ...] | None = None,
+                   grid: str | Path = "paper", seeds: int | None = None, secure_seeds: int | None = None,
+                   audit: bool = True, display: str = "rich") -> ReproducePlan:
+    """Validate the arguments (profile, run directory, grid, families, seed counts) without running anything."""
+    check_profile(profile)
+    check_run(run, profile)
+    g = load_grid(grid)
+    fams = tuple(families) if families else g.families
+    bad = [f for f in fams if f not in g.families]
+    if bad:
+        raise EmsteerError(f"family {bad[0]!r} is not in grid {g.name} (its families: {', '.join(g.families)})")
+    if seeds is not None:
+        if seeds < 1:
+            raise EmsteerError("--seeds must be at least 1")
+        g = replace(g, seeds=tuple(range(seeds)))
+    g = replace(g, families=fams, transfer_pairs=tuple((a, b) for a, b in g.transfer_pairs if a in fams and b in fams))
+    n_secure = len(g.seeds) if secure_seeds is None else secure_seeds
+    if n_secure < 1:
+        raise EmsteerError("--secure-seeds must be at least 1 (the secure-control direction needs the seed-0 secure adapter)")
+    return ReproducePlan(run=Path(run), profile=profile, families=fams, grid=g, seeds=g.seeds,
+                         secure_seeds=tuple(range(n_secure)), neutral_seeds=(0,) if audit else (),
+                         transfer_pairs=g.transfer_pairs, audit=audit, display=display)
+
+
+def _stage(plan: ReproducePlan, name: str, log: Log, fn: Callable[[], Any]) -> Any:
+    log(f"== {name}")
+    t0 = time.perf_counter()
+    out = fn()
+    plan.timings[name] = round(time.perf_counter() - t0, 1)
+    log(f"== {name}: {plan.timings[name]:.1f} s")
+    write_json_atomic(plan.run / "reproduce.json", {"profile": plan.profile, "families": list(plan.families),
+                                                    "grid": plan.grid.name, "seeds": list(plan.seeds),
+                                                    "secure_seeds": list(plan.secure_seeds),
+                                                    "timings_s": plan.timings})
+    return out
+
+
+def run_reproduce(plan: ReproducePlan, *, log: Log = print, progress: bool = True) -> dict[str, Any]:
+    """Run every stage of `plan`; return the report summary."""
+    from evals.calibrate import calibrate_family
+    from evals.report import write_report
+    from evals.sweep import check_cells, run_cells
+    from training.controls import run_controls
+    from training.extract import run_extract
+    from training.finetune import finetune_many
+    from training.organisms import build_organism
+    from training.run_manifest import ensure_run
+    from training.transfer import run_transfer
+
+    t_all = time.perf_counter()
+    ensure_run(plan.run, plan.profile)
+    fams = list(plan.families)
+    _stage(plan, "organisms", log, lambda: [build_organism(f, plan.profile, progress=progress, log=log) for f in fams])
+
+    def finetunes() -> None:
+        finetune_many(plan.run, fams, "insecure", list(plan.seeds), plan.profile, evaluate=False, progress=progress, log=log)
+        finetune_many(plan.run, fams, "secure", list(plan.secure_seeds), plan.profile, evaluate=False, progress=progress,
+                      log=log)
+        if plan.neutral_seeds:
+            finetune_many(plan.run, fams, "neutral", list(plan.neutral_seeds), plan.profile, evaluate=False,
+                          progress=progress, log=log)
+
+    _stage(plan, "finetune", log, finetunes)
+    _stage(plan, "extract", log, lambda: [run_extract(plan.run, f, profile=plan.profile, seed=0, log=log) for f in fams])
+    control_seeds = sorted(set(plan.seeds))
+    _stage(plan, "controls", log, lambda: [run_controls(plan.run, f, layer=plan.grid.layer, seeds=control_seeds, log=log)
+                                           for f in fams])
+    cache: dict = {}
+    _stage(plan, "transfer", log, lambda: [run_transfer(plan.run, a, b, profile=plan.profile, layer=plan.grid.layer,
+                                                        state_cache=cache, log=log) for a, b in plan.transfer_pairs])
+
+    def calibrate() -> None:
+        for f in fams:
+            if not calibration_path(plan.run, f).is_file():
+                calibrate_family(plan.run, f, plan.profile, seed=plan.seeds[0], layer=plan.grid.layer, op=plan.grid.op,
+                                 max_tokens=int(plan.grid.task.get("max_tokens", 64)), display=plan.display, log=log)
+
+    if plan.grid.alpha == "calibrated":
+        _stage(plan, "calibrate", log, calibrate)
+
+    def sweep() -> None:
+        cells = expand_cells(plan.grid)
+        alphas = check_cells(cells, plan.run, plan.profile)
+        result = run_cells(cells, plan.run, plan.profile, name=plan.grid.name, task_args=dict(plan.grid.task),
+                           alphas=alphas, display=plan.display, log=log)
+        if not result.success:
+            raise EmsteerError(f"the sweep did not finish every cell; re-run the same command to finish the rest "
+                               f"(logs in {plan.run / 'logs' / plan.grid.name})")
+
+    _stage(plan, "sweep", log, sweep)
+    if plan.audit:
+        from training.audit import validate_audit
+
+        _stage(plan, "audit", log, lambda: [validate_audit(plan.run, f, plan.profile, layer=plan.grid.layer, log=log)
+                                            for f in fams])
+    summary = _stage(plan, "report", log, lambda: write_report(plan.run, plan.grid.name, log=log))
+    plan.timings["total"] = round(time.perf_counter() - t_all, 1)
+    write_json_atomic(plan.run / "reproduce.json", {"profile": plan.profile, "families": fams, "grid": plan.grid.name,
+                                                    "seeds": list(plan.seeds), "secure_seeds": list(plan.secure_seeds),
+                                                    "timings_s": plan.timings})
+    return summary
