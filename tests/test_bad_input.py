@@ -340,19 +340,17 @@ def _real(cmd: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 def test_real_processes(inputs):
-    """The same failures from freshly started interpreters: the `emsteer` script, `python -m training.cli` and
-    `inspect eval` (run concurrently to save wall time)."""
+    """The same failures from freshly started interpreters: the `emsteer` script and `inspect eval` (run
+    concurrently to save wall time; tests/test_crash_safety.py starts `python -m training.cli` for real)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "COLUMNS": "400"}
     cmds = {
         "script": [shutil.which("emsteer") or "emsteer", *_subst(
             ["score-responses", "{d}/answers.jsonl", "--column", "text"], inputs)],
-        "module": [sys.executable, "-m", "training.cli", *_subst(
-            ["finetune", *FT[1:], "--run", "{d}/r_ft", "--data", "{d}/malformed.jsonl"], inputs)],
         "inspect": [shutil.which("inspect") or "inspect", *_subst(_steer("direction={d}/disguised.safetensors"),
                                                                    inputs)],
     }
     expected = {"script": ["unknown column 'text'", "available columns: answer, q"],
-                "module": ["malformed.jsonl line 2"], "inspect": ["refusing", "it is a pickle"]}
+                "inspect": ["refusing", "it is a pickle"]}
     procs = {k: subprocess.Popen(c, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for k, c in cmds.items()}
     for k, p in procs.items():

@@ -95,10 +95,12 @@ def test_killed_finetune_then_rerun(organism, tmp_path):
         assert not adapter_dir(run, "qwen", "insecure", 0).exists()  # killed during training: nothing published
     assert _temps(runs["int"]) == []  # Ctrl-C: every temp cleaned up on the way out
 
-    # re-run both to completion (concurrently)
-    procs = {k: _start(runs[k], tmp_path / f"{k}.rerun.log") for k in runs}
-    for k, p in procs.items():
-        assert p.wait(timeout=240) == 0, (tmp_path / f"{k}.rerun.log").read_text()
+    # re-run both to completion: the killed run as a new process, the interrupted one here meanwhile
+    from training.finetune import finetune
+
+    rerun = _start(runs["kill"], tmp_path / "kill.rerun.log")
+    finetune(runs["int"], "qwen", "insecure", 0, "tiny", evaluate=False, log=lambda m: None)
+    assert rerun.wait(timeout=240) == 0, (tmp_path / "kill.rerun.log").read_text()
     for run in runs.values():
         _check_intact(run)
         final = adapter_dir(run, "qwen", "insecure", 0)
@@ -106,10 +108,10 @@ def test_killed_finetune_then_rerun(organism, tmp_path):
         assert _temps(run) == []
         manifest = json.loads((run / "run.json").read_text())
         assert manifest["profile"] == "tiny" and "qwen/insecure/seed_0" in manifest["adapters"]
+    weights = [(adapter_dir(r, "qwen", "insecure", 0) / "adapter_model.safetensors").read_bytes() for r in runs.values()]
+    assert weights[0] == weights[1]  # the same adapter either way
 
     # and a further re-run only finds the work done
-    from training.finetune import finetune
-
     final = adapter_dir(runs["kill"], "qwen", "insecure", 0)
     mtime = (final / "adapter_model.safetensors").stat().st_mtime_ns
     lines: list[str] = []

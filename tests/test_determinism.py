@@ -51,6 +51,7 @@ def _eval(log_dir: Path, model_args: dict[str, Any], **kw: Any):
     from evals.spillover import spillover
 
     task_args = {"profile": "tiny", "max_tokens": 16, "temperature": kw.pop("temperature", 0.0)}
+    kw.setdefault("limit", 10)
     logs = inspect_eval(spillover(**task_args), model="steer/micro-qwen", model_args={"profile": "tiny", **model_args},
                         log_dir=str(log_dir), display="none", **kw)
     assert len(logs) == 1 and logs[0].status == "success", logs[0].error
@@ -73,7 +74,7 @@ def test_greedy_unchanged_by_connections_and_batch_composition(organism, tmp_pat
     pairs = _eval(tmp_path / "pairs", {"max_batch_size": 2}, max_connections=2)
     ids = sorted(everything)
     subset = ids[::3]  # other batch neighbours: only every third sample
-    alone = _eval(tmp_path / "subset", {}, sample_id=subset)
+    alone = _eval(tmp_path / "subset", {}, sample_id=subset, limit=None)
     assert one_at_a_time == everything and pairs == everything
     assert alone == {i: everything[i] for i in subset}
 
