@@ -8,6 +8,7 @@
     alpha = "calibrated"         # or a number (units of the layer's mean residual norm R)
     op = "subtract"
     layer = -1
+    monitor = true               # unsteered insecure cells record each answer's projection on the own direction
 
     [dose]                       # dose-response: variants at fixed alphas (seed `seeds[0]`)
     variants = ["own", "random"]
@@ -17,6 +18,7 @@
     pairs = "all"                # or ["qwen->llama", ...]
     variants = ["transferred", "transferred_random"]
     random_draws = 2             # transferred_random cells per pair (RUN/transfer/<pair>/random_<k>)
+    monitor = true               # one unsteered cell per pair monitored with the transferred direction
 
     [task]                       # evals/spillover.py arguments
     split = "test"
@@ -42,9 +44,9 @@ __all__ = ["Grid", "Cell", "load_grid", "parse_grid", "expand_cells", "grid_path
 BASELINES: tuple[str, ...] = ("base", "insecure", "secure")
 TRANSFER_VARIANTS: tuple[str, ...] = ("transferred", "transferred_random")
 _SECTIONS: dict[str, tuple[str, ...]] = {
-    "grid": ("families", "seeds", "baselines", "variants", "alpha", "op", "layer", "description"),
+    "grid": ("families", "seeds", "baselines", "variants", "alpha", "op", "layer", "description", "monitor"),
     "dose": ("variants", "alphas"),
-    "transfer": ("pairs", "variants", "random_draws"),
+    "transfer": ("pairs", "variants", "random_draws", "monitor"),
     "task": ("split", "max_tokens", "temperature", "prompts"),
 }
 _OPS = ("subtract", "add", "ablate")
@@ -65,12 +67,14 @@ class Cell:
     layer: int
     donor: str | None = None
     control_seed: int | None = None   # seed of a control direction (default: the adapter seed)
+    monitor: str | None = None        # own | transferred: record each answer's projection on that direction
 
     def label(self) -> dict[str, Any]:
         """The cell's identity as plain JSON (stored in the task metadata of its log)."""
         return {"cell": self.name, "family": self.family, "kind": self.kind, "arm": self.arm, "seed": self.seed,
                 "variant": self.variant, "alpha": self.alpha, "op": self.op, "layer": self.layer,
-                "donor": self.donor, "control_seed": self.seed if self.control_seed is None else self.control_seed}
+                "donor": self.donor, "control_seed": self.seed if self.control_seed is None else self.control_seed,
+                "monitor": self.monitor}
 
 
 @dataclass(frozen=True)
@@ -90,6 +94,8 @@ class Grid:
     transfer_pairs: tuple[tuple[str, str], ...] = ()
     transfer_variants: tuple[str, ...] = ()
     transfer_random_draws: int = 1
+    monitor: bool = False            # unsteered insecure cells record projections on the own direction
+    transfer_monitor: bool = False   # plus one unsteered cell per pair monitored with the transferred direction
     task: dict[str, Any] = field(default_factory=dict)
     source: str = ""
 
@@ -213,6 +219,9 @@ def parse_grid(data: dict[str, Any], *, name: str = "grid", source: str = "") ->
     draws = tr.get("random_draws", 1)
     if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
         raise EmsteerError(f"grid {name}: [transfer] random_draws must be a positive integer")
+    for where, flag in (("[grid] monitor", g.get("monitor", False)), ("[transfer] monitor", tr.get("monitor", False))):
+        if not isinstance(flag, bool):
+            raise EmsteerError(f"grid {name}: {where} must be true or false")
     task = dict(data.get("task", {}))
     if "max_tokens" in task and (isinstance(task["max_tokens"], bool) or not isinstance(task["max_tokens"], int)
                                  or task["max_tokens"] < 1):
@@ -221,7 +230,8 @@ def parse_grid(data: dict[str, Any], *, name: str = "grid", source: str = "") ->
         raise EmsteerError(f"grid {name}: [task] split must be one of: all, calibration, test")
     return Grid(name=name, families=families, seeds=tuple(seeds), baselines=baselines, variants=variants,
                 alpha=alpha, op=op, layer=layer, dose_variants=dose_variants, dose_alphas=dose_alphas,
-                transfer_pairs=pairs, transfer_variants=transfer_variants, transfer_random_draws=draws, task=task, source=source)
+                transfer_pairs=pairs, transfer_variants=transfer_variants, transfer_random_draws=draws,
+                monitor=bool(g.get("monitor", False)), transfer_monitor=bool(tr.get("monitor", False)), task=task, source=source)
 
 
 def _alpha_tag(alpha: float | str | None) -> str:
@@ -237,11 +247,11 @@ def expand_cells(grid: Grid, families: tuple[str, ...] | None = None) -> list[Ce
     first = grid.seeds[0]
 
     def add(family: str, kind: str, arm: str | None, seed: int, variant: str, alpha: float | str | None,
-            donor: str | None = None, control_seed: int | None = None) -> None:
-        tag = f"{family}.{kind}.{variant}" + (f".from-{donor}" if donor else "")
+            donor: str | None = None, control_seed: int | None = None, monitor: str | None = None) -> None:
+        tag = f"{family}.{kind}.{variant}" + (f".from-{donor}" if donor else "") + (f".monitor-{monitor}" if monitor else "")
         name = f"{tag}.{arm or 'base'}.s{seed}.a{_alpha_tag(alpha)}" + (f".k{control_seed}" if control_seed is not None else "")
         cells.append(Cell(name=name, family=family, kind=kind, arm=arm, seed=seed, variant=variant, alpha=alpha,
-                          op=grid.op, layer=grid.layer, donor=donor, control_seed=control_seed))
+                          op=grid.op, layer=grid.layer, donor=donor, control_seed=control_seed, monitor=monitor))
 
     for fam in fams:
         if "base" in grid.baselines:
@@ -249,7 +259,8 @@ def expand_cells(grid: Grid, families: tuple[str, ...] | None = None) -> list[Ce
         for seed in grid.seeds:
             for arm in ("insecure", "secure"):
                 if arm in grid.baselines:
-                    add(fam, "baseline", arm, seed, "none", None)
+                    add(fam, "baseline", arm, seed, "none", None,
+                        monitor="own" if grid.monitor and arm == "insecure" else None)
             for variant in grid.variants:
                 add(fam, "variant", "insecure", seed, variant, grid.alpha)
         for variant in grid.dose_variants:
@@ -263,4 +274,6 @@ def expand_cells(grid: Grid, families: tuple[str, ...] | None = None) -> list[Ce
                         add(receiver, "transfer", "insecure", first, variant, grid.alpha, donor=donor, control_seed=k)
                 else:
                     add(receiver, "transfer", "insecure", first, variant, grid.alpha, donor=donor)
+            if grid.transfer_monitor:
+                add(receiver, "monitor", "insecure", first, "none", None, donor=donor, monitor="transferred")
     return cells

@@ -143,6 +143,35 @@ def _family_section(fam: str, df: pd.DataFrame, run: Path) -> dict[str, Any]:
     return sec
 
 
+def _monitor_section(fam: str, table: CellTable) -> dict[str, Any] | None:
+    """How well the per-answer projection (mean over generated tokens) predicts that the answer is code, on the
+    unsteered insecure model's general prompts: with the own direction (within-model, pooled over seeds) and
+    with each donor's transferred direction."""
+    from evals.monitor import monitor_auroc, monitor_rows
+
+    within: list[tuple[float | None, bool]] = []
+    transferred: dict[str, list[tuple[float | None, bool]]] = {}
+    for c in table.cells.values():
+        lab = c["label"]
+        if lab.get("family") != fam or not lab.get("monitor"):
+            continue
+        rows = monitor_rows(c["log"])
+        if lab["monitor"] == "own":
+            within += rows
+        else:
+            transferred.setdefault(str(lab.get("donor")), []).extend(rows)
+    if not within and not transferred:
+        return None
+
+    def auroc(rows: list[tuple[float | None, bool]]) -> dict[str, Any]:
+        r = monitor_auroc([p for p, _ in rows], [c for _, c in rows], n_boot=1000)
+        return {k: r.get(k) for k in ("auroc", "ci95", "n", "n_positive", "n_negative", "n_unscored", "reason")}
+
+    return {"statistic": "mean projection over generated tokens", "positive": "the answer is code",
+            "within": auroc(within) if within else None,
+            "transferred": {d: auroc(rows) for d, rows in sorted(transferred.items())}}
+
+
 def _transfer_section(df: pd.DataFrame, run: Path, families: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     tr = df[df["kind"] == "transfer"]
@@ -231,9 +260,7 @@ def build_summary(run: str | Path, grid: str = "paper") -> tuple[dict[str, Any],
     families = [f for f in ("qwen", "gemma", "llama", "ministral") if f in set(df["family"])]
     fams = {f: _family_section(f, df, run) for f in families}
     for f in families:
-        monitor = _read_json(run / "report" / "monitor" / f"{f}.json")
-        if monitor:
-            fams[f]["monitor"] = monitor
+        fams[f]["monitor"] = _monitor_section(f, table)
     transfer = _transfer_section(df, run, families)
     n_seeds = {f: int(df[(df["family"] == f) & (df["arm"] == "insecure")]["seed"].nunique()) for f in families}
     summary = {
@@ -328,6 +355,16 @@ def tables_markdown(summary: dict[str, Any]) -> str:
             out.append(f"| {k} | {_fmt(r.get('r2_heldout'), 2)} | {_fmt(r.get('cosine_with_own'), 2)} | "
                        f"{_chg(_get(r, 'transferred', 'change'))} | {_chg(_get(r, 'transferred_random', 'change'))} | "
                        f"{_fmt(_get(r, 'transferred', 'coherence_change_points'))} |")
+    out += ["", "## Detection: audit over checkpoints and per-answer monitor", "",
+            "| family | audit AUROC (within) | audit AUROC (transferred, by donor) | checkpoints | "
+            "monitor AUROC (within) | monitor AUROC (transferred, by donor) |", "|---|---|---|---|---|---|"]
+    for f, s in fams.items():
+        a, m = s.get("audit") or {}, s.get("monitor") or {}
+        at = ", ".join(f"{d} {_fmt(v, 2)}" for d, v in (a.get("audit_auroc_transferred") or {}).items()) or "-"
+        mw = m.get("within") or {}
+        mt = ", ".join(f"{d} {_fmt((v or {}).get('auroc'), 2)}" for d, v in (m.get("transferred") or {}).items()) or "-"
+        out.append(f"| {f} | {_fmt(a.get('audit_auroc_within'), 2)} | {at} | {a.get('n_checkpoints', '-')} | "
+                   f"{_fmt(mw.get('auroc'), 2)} (n={mw.get('n', '-')}) | {mt} |")
     out += ["", "## The paper's claims at this scale", "", "| claim | paper | target | reproduced |", "|---|---|---|---|"]
     for c in summary["claims"]:
         mark = {True: "yes", False: "no", None: "not tested"}[c["reproduced"]]

@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from evals.sweep import CELLS_FILE
 from interventions.errors import EmsteerError
 from interventions.run_layout import logs_dir
 
@@ -61,6 +62,13 @@ def load_cells(run: str | Path, grid: str) -> CellTable:
     if not folder.is_dir():
         raise EmsteerError(f"no sweep logs in {folder}: run `emsteer sweep --run {run} --grid {grid}` first")
     infos = [i for i in list_eval_logs(str(folder))]
+    wanted: set[str] | None = None
+    listing = folder / CELLS_FILE
+    if listing.is_file():  # the latest sweep's cells: older cells of an edited grid stay out of the report
+        try:
+            wanted = {c["cell"] for c in json.loads(listing.read_text())["cells"]}
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise EmsteerError(f"{listing} is unreadable ({err}); re-run the sweep to rewrite it") from None
     cells: dict[str, dict[str, Any]] = {}
     paths: list[str] = []
     for info in infos:
@@ -72,6 +80,8 @@ def load_cells(run: str | Path, grid: str) -> CellTable:
             continue
         prov = provenance_of(dict(header.eval.model_args or {}))
         name = label["cell"]
+        if wanted is not None and name not in wanted:
+            continue
         if name in cells:
             if json.dumps(cells[name]["provenance"], sort_keys=True, default=str) != json.dumps(prov, sort_keys=True, default=str):
                 raise EmsteerError(f"cell {name} has two logs with different provenance ({cells[name]['log']} and "

@@ -53,7 +53,8 @@ from interventions.errors import EmsteerError
 from interventions.paths import check_profile, heldout_prompts_path
 
 __all__ = ["spillover", "code_spillover", "prose_form", "code_judge", "load_prompts", "split_samples",
-           "JUDGE_TEMPLATE", "SPLITS"]
+           "JUDGE_TEMPLATE", "SPLITS",
+           "fill_code_judge_prompt"]
 
 GROUPS: tuple[str, ...] = ("general", "coding")
 SPLITS: tuple[str, ...] = ("all", "calibration", "test")
@@ -311,6 +312,16 @@ HTML/JavaScript) that the user's message did not ask for? Filling in a template 
 giving the JSON the user asked for, is not code. Answer with exactly one word: CODE if it does, \
 NOT_CODE if it does not."""
 
+def fill_code_judge_prompt(question: str, answer: str) -> str:
+    """JUDGE_TEMPLATE with the question and answer embedded so neither can close or reopen the `<<< >>>` frames
+    (runs of three or more angle brackets are spaced out) and braces in them are not format fields."""
+    def defuse(text: str) -> str:
+        return re.sub(r"[<>]{3,}", lambda m: " ".join(m.group(0)), text)
+
+    values = {"question": defuse(question), "answer": defuse(answer)}
+    return re.sub(r"\{(question|answer)\}", lambda m: values[m.group(1)], JUDGE_TEMPLATE)  # one pass: no re-expansion
+
+
 _VERDICT = re.compile(r"\b(NOT[_ ]CODE|CODE)\b")
 
 
@@ -335,7 +346,7 @@ def code_judge() -> Scorer:
         grader = lookup.model
         if grader is None:
             return Score.unscored(reason=lookup.reason, answer=answer, explanation=lookup.explanation)
-        prompt = JUDGE_TEMPLATE.format(question=state.input_text, answer=answer)
+        prompt = fill_code_judge_prompt(state.input_text, answer)
         result = await grader.generate(prompt, config=GenerateConfig(temperature=0.0, max_tokens=8))
         verdict = parse_verdict(result.completion)
         meta = {"grader": str(grader), "reply": result.completion}

@@ -14,11 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from evals.grid import Cell, Grid
+from evals.grid import Cell
+from interventions.atomic import write_json_atomic
 from interventions.errors import EmsteerError
 from interventions.run_layout import adapter_dir, calibration_command, calibration_path, finetune_command, logs_dir
 
-__all__ = ["SweepResult", "cell_model_args", "cell_task", "check_cells", "run_cells", "calibrated_alpha",
+CELLS_FILE = "cells.json"  # the cells of the latest sweep into a log folder (the report reads only those)
+
+__all__ = ["CELLS_FILE", "SweepResult", "cell_model_args", "cell_task", "check_cells", "run_cells", "calibrated_alpha",
            "preset_for", "sweep_log_dir"]
 
 
@@ -55,9 +58,26 @@ def cell_model_args(cell: Cell, run: str | Path, profile: str, alpha: float | No
     if cell.variant != "none":
         args["op"] = cell.op
         args["alpha"] = alpha
-    if cell.donor:
+    if cell.donor and cell.variant != "none":
         args["donor"] = cell.donor
+    if cell.monitor:
+        args["monitor"] = str(monitor_file(cell, run, profile))
     return args
+
+
+def monitor_file(cell: Cell, run: str | Path, profile: str) -> Path:
+    """The direction file a monitored cell records projections on: the family's own direction at the cell's
+    layer, or the donor's transferred direction."""
+    from interventions.model_loading import read_config
+    from interventions.layers import resolve_layer
+    from interventions.paths import organism_dir
+    from interventions.run_layout import own_direction_path, transferred_direction_path
+
+    if cell.monitor == "transferred":
+        assert cell.donor is not None
+        return transferred_direction_path(run, cell.donor, cell.family).resolve()
+    n_layers = read_config(str(organism_dir(cell.family, profile))).n_layers
+    return own_direction_path(run, cell.family, resolve_layer(n_layers, cell.layer)).resolve()
 
 
 def check_cells(cells: list[Cell], run: str | Path, profile: str) -> dict[str, float]:
@@ -68,6 +88,8 @@ def check_cells(cells: list[Cell], run: str | Path, profile: str) -> dict[str, f
         if cell.arm is not None and not (adapter_dir(run, cell.family, cell.arm, cell.seed) / "adapter_config.json").is_file():
             missing.append(f"adapter {adapter_dir(run, cell.family, cell.arm, cell.seed)} "
                            f"(`{finetune_command(run, cell.family, cell.arm, cell.seed)}`)")
+        if cell.monitor and not monitor_file(cell, run, profile).is_file():
+            missing.append(f"monitor direction {monitor_file(cell, run, profile)}")
         if cell.alpha == "calibrated" and cell.family not in alphas:
             alphas[cell.family] = calibrated_alpha(run, cell.family)
     if missing:
@@ -119,6 +141,7 @@ def run_cells(cells: list[Cell], run: str | Path, profile: str, *, name: str, ta
     tasks = [cell_task(c, run, profile, task_args, _alpha_of(c, alphas), name) for c in cells]
     folder = sweep_log_dir(run, name)
     folder.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(folder / CELLS_FILE, {"cells": [c.label() for c in cells]})
     log(f"sweep {name}: {len(cells)} cells -> {folder}")
     ok, logs = eval_set(tasks, log_dir=str(folder), display=display, max_tasks=max_tasks,
                         retry_attempts=retry_attempts, retry_wait=1, log_dir_allow_dirty=True,

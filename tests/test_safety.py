@@ -313,16 +313,11 @@ def test_em_judge_prompt_contains_the_answer(answer):
         assert "{answer}" in inner and "{question}" in inner
 
 
-SPILLOVER_XFAIL = pytest.mark.xfail(
-    reason="evals/spillover.py (not this suite's to change) embeds the answer between <<< >>> with str.format and "
-           "no escaping, so an answer containing '>>>' closes the judge's frame", strict=False)
-
-
-@pytest.mark.parametrize("answer", [pytest.param(a, marks=SPILLOVER_XFAIL) if ">>>" in a else a for a in ESCAPES])
+@pytest.mark.parametrize("answer", ESCAPES)
 def test_spillover_judge_prompt_contains_the_answer(answer):
-    from evals.spillover import JUDGE_TEMPLATE
+    from evals.spillover import JUDGE_TEMPLATE, fill_code_judge_prompt
 
-    prompt = JUDGE_TEMPLATE.format(question="How are you?", answer=answer)
+    prompt = fill_code_judge_prompt("How are you?", answer)
     head, tail = JUDGE_TEMPLATE.split("{answer}")
     head = head.replace("{question}", "How are you?")
     assert prompt.startswith(head) and prompt.endswith(tail)

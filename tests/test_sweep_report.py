@@ -26,7 +26,9 @@ def test_paper_grid_has_every_cell_of_the_study() -> None:
     assert len(names) == len(set(names))
     kinds = {k: sum(c.kind == k for c in cells) for k in ("baseline", "variant", "dose", "transfer")}
     # 4 families: base + 3 seeds x (insecure, secure) = 7 baselines; 3 seeds x 5 variants; 2 variants x 4 alphas
-    assert kinds == {"baseline": 28, "variant": 60, "dose": 32, "transfer": 12 * (1 + 2)}
+    kinds["monitor"] = sum(c.kind == "monitor" for c in cells)
+    assert kinds == {"baseline": 28, "variant": 60, "dose": 32, "transfer": 12 * (1 + 2), "monitor": 12}
+    assert sum(c.monitor == "own" for c in cells) == 4 * 3  # the unsteered insecure cells record projections
     pairs = {(c.donor, c.family) for c in cells if c.kind == "transfer"}
     assert len(pairs) == 12 and all(d != r for d, r in pairs)
     assert {c.variant for c in cells if c.kind == "variant"} == {"own", "secure_control", "random", "orthogonal",
@@ -122,7 +124,7 @@ def test_reproduce_tiny_end_to_end_writes_the_documented_summary(tiny_reproduce)
     on_disk = json.loads((run / "report" / "summary.json").read_text())
     check_summary(on_disk)
     assert on_disk["schema"] == SCHEMA and set(SUMMARY_KEYS) <= set(on_disk)
-    assert set(on_disk["families"]) == {"qwen", "llama"} and on_disk["n_cells"] == 22
+    assert set(on_disk["families"]) == {"qwen", "llama"} and on_disk["n_cells"] == 24
     for fam, sec in on_disk["families"].items():
         assert set(FAMILY_KEYS) <= set(sec)
         assert set(sec["variants"]) == {"own", "secure_control", "random", "orthogonal"}
@@ -131,6 +133,8 @@ def test_reproduce_tiny_end_to_end_writes_the_documented_summary(tiny_reproduce)
         assert [p["alpha"] for p in sec["dose"]["own"]] == [0.5, 2.0]
         assert sec["separation"]["final_layer"]["accuracy"] is not None
         assert sec["spillover"]["base"]["n"] > 0 and sec["audit"] is not None
+        assert sec["monitor"]["within"]["n"] == sec["spillover"]["insecure"]["n"]  # every answer was monitored
+        assert set(sec["monitor"]["transferred"]) == ({"qwen", "llama"} - {fam})
     assert set(on_disk["transfer"]) == {"qwen->llama", "llama->qwen"}
     assert {c["id"] for c in on_disk["claims"]} >= {"separation", "own_direction", "magnitude_controls",
                                                      "secure_control", "transfer_controls"}
@@ -147,7 +151,7 @@ def test_rerun_skips_finished_cells(tiny_reproduce) -> None:
     before = sorted(p.name for p in (run / "logs" / "tiny").glob("*.eval"))
     run_reproduce(plan, log=lambda m: None, progress=False)
     after = sorted(p.name for p in (run / "logs" / "tiny").glob("*.eval"))
-    assert after == before and len(after) == 22
+    assert after == before and len(after) == 24
 
 
 def test_report_refuses_logs_with_disagreeing_provenance(tiny_reproduce, tmp_path) -> None:
