@@ -19,6 +19,7 @@ import pandas as pd
 from evals.code_detector import is_code
 from interventions.atomic import write_text_atomic
 from interventions.errors import EmsteerError
+from interventions.jsonl import read_jsonl_objects
 
 __all__ = ["score_responses", "format_table", "wilson_interval", "read_table"]
 
@@ -45,19 +46,7 @@ def wilson_interval(k: int, n: int, z: float = Z95) -> tuple[float, float]:
 
 
 def _read_jsonl(path: Path) -> pd.DataFrame:
-    rows: list[dict[str, Any]] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise EmsteerError(f"{path}: malformed JSONL line {lineno}: {exc.msg}") from None
-            if not isinstance(obj, dict):
-                raise EmsteerError(f"{path}: malformed JSONL line {lineno}: expected a JSON object, "
-                                   f"got {type(obj).__name__}")
-            rows.append(obj)
+    rows = [obj for _, obj in read_jsonl_objects(path)]
     if not rows:
         raise EmsteerError(f"{path}: empty file (no JSONL records)")
     columns: dict[str, None] = {}

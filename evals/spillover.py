@@ -23,7 +23,6 @@ unscored, never a grade by the model under test.
 from __future__ import annotations
 
 import csv
-import json
 import re
 from pathlib import Path
 from typing import Any
@@ -50,6 +49,7 @@ from evals.code_detector import code_evidence
 from evals.coherence import prose_evidence
 from evals.grader import grader_for_scoring
 from interventions.errors import EmsteerError
+from interventions.jsonl import read_jsonl_objects
 from interventions.paths import check_profile, heldout_prompts_path
 
 __all__ = ["spillover", "code_spillover", "prose_form", "code_judge", "load_prompts", "split_samples",
@@ -89,19 +89,7 @@ def _rows_to_samples(path: Path, rows: list[tuple[int, dict[str, Any]]]) -> list
 
 
 def _read_jsonl(path: Path) -> list[tuple[int, dict[str, Any]]]:
-    rows: list[tuple[int, dict[str, Any]]] = []
-    with path.open(encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise EmsteerError(f"{path}: malformed JSONL line {lineno}: {exc.msg}") from None
-            if not isinstance(obj, dict):
-                raise EmsteerError(f"{path}: malformed JSONL line {lineno}: expected a JSON object")
-            rows.append((lineno, obj))
-    return rows
+    return read_jsonl_objects(path)
 
 
 def _read_csv(path: Path) -> list[tuple[int, dict[str, Any]]]:
