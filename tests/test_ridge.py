@@ -72,3 +72,68 @@ def test_bad_input_is_one_clear_error():
         m.push(torch.randn(X.shape[1] + 1))
     with pytest.raises(EmsteerError, match="groups"):
         group_split(torch.zeros(5), 0.5, 0)
+
+
+def _svd_reference_cv(X, Y, groups, alphas, val_fraction, seed):
+    """The previous implementation's formulas, kept small: thin SVD of the centred training split, W(alpha) =
+    V diag(S / (S^2 + alpha)) U^T Yc, validation R^2 per alpha, refit on all rows by a second SVD."""
+
+    def svd_fit(Xf, Yf, alpha):
+        xm, ym = Xf.mean(0), Yf.mean(0)
+        U, S, Vh = torch.linalg.svd(Xf - xm, full_matrices=False)
+        W = Vh.T @ ((S / (S * S + alpha)).unsqueeze(1) * (U.T @ (Yf - ym)))
+        return W, ym - xm @ W, float((S * S).sum()) / Xf.shape[1]
+
+    train, val = group_split(groups, val_fraction, seed)
+    mean_eig = svd_fit(X[train], Y[train], 1.0)[2]
+    grid = alphas if alphas is not None else [r * mean_eig for r in (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)]
+    scores = []
+    for a in grid:
+        W, b, _ = svd_fit(X[train], Y[train], a)
+        scores.append(r2_score(Y[val], X[val] @ W + b))
+    best = max(range(len(grid)), key=lambda i: (scores[i], grid[i]))
+    W, b, _ = svd_fit(X, Y, grid[best])
+    return grid[best], scores, W, b
+
+
+def _rel(a, b):
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.mark.parametrize("shape", [(400, 30, 50), (240, 64, 16), (90, 12, 7)])
+def test_gram_path_equals_svd_formula(shape):
+    n, d_in, d_out = shape
+    g = torch.Generator().manual_seed(n + d_in)
+    X = torch.randn(n, d_in, generator=g, dtype=torch.float64) * torch.logspace(0, -1.5, d_in, dtype=torch.float64)
+    X = X + 3.0 * torch.randn(d_in, generator=g, dtype=torch.float64)  # a large common offset, as activations have
+    Y = X @ torch.randn(d_in, d_out, generator=g, dtype=torch.float64) + torch.randn(n, d_out, generator=g,
+                                                                                     dtype=torch.float64)
+    groups = torch.arange(n) // 5
+    for alphas in (None, [0.01, 0.3, 4.0, 80.0]):
+        m = fit_ridge_cv(X, Y, groups, alphas, val_fraction=0.3, seed=4)
+        alpha, scores, W, b = _svd_reference_cv(X, Y, groups, alphas, 0.3, 4)
+        assert m.alpha == pytest.approx(alpha, rel=1e-12)
+        assert list(m.alpha_scores.values()) == pytest.approx(scores, abs=1e-10)
+        assert _rel(m.W, W) < 1e-8 and _rel(m.bias, b) < 1e-8
+    for alpha in (0.0, 0.02, 5.0):
+        m = fit_ridge(X, Y, alpha)
+        _, _, W, b = _svd_reference_cv(X, Y, groups, [alpha], 0.3, 4)
+        assert _rel(m.W, W) < 1e-8 and _rel(m.bias, b) < 1e-8
+
+
+def test_alpha_zero_underdetermined_is_minimum_norm():
+    g = torch.Generator().manual_seed(11)
+    X = torch.randn(15, 40, generator=g, dtype=torch.float64)
+    Y = torch.randn(15, 6, generator=g, dtype=torch.float64)
+    m = fit_ridge(X, Y, 0.0)
+    Xc, Yc = X - X.mean(0), Y - Y.mean(0)
+    ref = torch.linalg.pinv(Xc) @ Yc
+    assert _rel(m.W, ref) < 1e-8
+    assert torch.allclose(m.predict(X), Y, atol=1e-8)  # interpolates: n - 1 < d_in
+
+
+def test_thread_count_is_restored():
+    before = torch.get_num_threads()
+    X, Y, _, _, groups = planted(n=120)
+    fit_ridge_cv(X, Y, groups)
+    assert torch.get_num_threads() == before
