@@ -40,14 +40,21 @@ class ReproducePlan:
     transfer_pairs: tuple[tuple[str, str], ...]
     audit: bool = True
     display: str = "rich"
+    backend: str = "local"
     timings: dict[str, float] = field(default_factory=dict)
 
 
 def plan_reproduce(run: str | Path, *, profile: str = "default", families: tuple[str, ...] | None = None,
                    grid: str | Path = "paper", seeds: int | None = None, secure_seeds: int | None = None,
-                   audit: bool = True, display: str = "rich") -> ReproducePlan:
+                   audit: bool = True, display: str = "rich", backend: str = "local") -> ReproducePlan:
     """Validate the arguments (profile, run directory, grid, families, seed counts) without running anything."""
     check_profile(profile)
+    if backend not in ("local", "ray"):
+        raise EmsteerError(f"--backend {backend!r} is not one of: local, ray")
+    if backend == "ray":
+        from evals.sweep_ray import require_ray
+
+        require_ray()
     check_run(run, profile)
     g = load_grid(grid)
     fams = tuple(families) if families else g.families
@@ -64,7 +71,7 @@ def plan_reproduce(run: str | Path, *, profile: str = "default", families: tuple
         raise EmsteerError("--secure-seeds must be at least 1 (the secure-control direction needs the seed-0 secure adapter)")
     return ReproducePlan(run=Path(run), profile=profile, families=fams, grid=g, seeds=g.seeds,
                          secure_seeds=tuple(range(n_secure)), neutral_seeds=(0,) if audit else (),
-                         transfer_pairs=g.transfer_pairs, audit=audit, display=display)
+                         transfer_pairs=g.transfer_pairs, audit=audit, display=display, backend=backend)
 
 
 def _stage(plan: ReproducePlan, name: str, log: Log, fn: Callable[[], Any]) -> Any:
@@ -126,8 +133,14 @@ def run_reproduce(plan: ReproducePlan, *, log: Log = print, progress: bool = Tru
     def sweep() -> None:
         cells = expand_cells(plan.grid)
         alphas = check_cells(cells, plan.run, plan.profile)
-        result = run_cells(cells, plan.run, plan.profile, name=plan.grid.name, task_args=dict(plan.grid.task),
-                           alphas=alphas, display=plan.display, log=log)
+        if plan.backend == "ray":  # one worker process per family group: better use of small CPUs than threads
+            from evals.sweep_ray import run_cells_ray
+
+            result = run_cells_ray(cells, plan.run, plan.profile, name=plan.grid.name, task_args=dict(plan.grid.task),
+                                   alphas=alphas, log=log)
+        else:
+            result = run_cells(cells, plan.run, plan.profile, name=plan.grid.name, task_args=dict(plan.grid.task),
+                               alphas=alphas, display=plan.display, log=log)
         if not result.success:
             raise EmsteerError(f"the sweep did not finish every cell; re-run the same command to finish the rest "
                                f"(logs in {plan.run / 'logs' / plan.grid.name})")
