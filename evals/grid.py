@@ -96,6 +96,7 @@ class Grid:
     transfer_random_draws: int = 1
     monitor: bool = False            # unsteered insecure cells record projections on the own direction
     transfer_monitor: bool = False   # plus one unsteered cell per pair monitored with the transferred direction
+    secure_seeds: tuple[int, ...] | None = None  # seeds with a secure adapter (None: every seed)
     task: dict[str, Any] = field(default_factory=dict)
     source: str = ""
 
@@ -258,6 +259,8 @@ def expand_cells(grid: Grid, families: tuple[str, ...] | None = None) -> list[Ce
             add(fam, "baseline", None, first, "none", None)
         for seed in grid.seeds:
             for arm in ("insecure", "secure"):
+                if arm == "secure" and grid.secure_seeds is not None and seed not in grid.secure_seeds:
+                    continue
                 if arm in grid.baselines:
                     add(fam, "baseline", arm, seed, "none", None,
                         monitor="own" if grid.monitor and arm == "insecure" else None)

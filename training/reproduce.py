@@ -69,6 +69,7 @@ def plan_reproduce(run: str | Path, *, profile: str = "default", families: tuple
     n_secure = len(g.seeds) if secure_seeds is None else secure_seeds
     if n_secure < 1:
         raise EmsteerError("--secure-seeds must be at least 1 (the secure-control direction needs the seed-0 secure adapter)")
+    g = replace(g, secure_seeds=tuple(range(n_secure)))
     return ReproducePlan(run=Path(run), profile=profile, families=fams, grid=g, seeds=g.seeds,
                          secure_seeds=tuple(range(n_secure)), neutral_seeds=(0,) if audit else (),
                          transfer_pairs=g.transfer_pairs, audit=audit, display=display, backend=backend)
