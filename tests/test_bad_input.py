@@ -291,10 +291,16 @@ def _subst(argv: list[str], d: Path) -> list[str]:
     return [a.replace("{d}", str(d)).replace("{SHARED}", shared) for a in argv]
 
 
+# cases that need their own environment: "not built" must hold whatever other tests have built in the session cache
+CASE_ENV: dict[str, dict[str, str]] = {"finetune-organism-not-built": {"EMSTEER_CACHE": "{d}/empty-cache"}}
+
+
 @pytest.fixture(scope="module")
 def results(inputs) -> dict[str, CliResult]:
     """Every case of CASES, run once (one driver process, one fork per case)."""
-    cases = [{"entry": entry, "argv": _subst(argv, inputs)} for _, entry, argv, _ in CASES]
+    cases = [{"entry": entry, "argv": _subst(argv, inputs),
+              "env": {k: _subst([v], inputs)[0] for k, v in CASE_ENV.get(cid, {}).items()}}
+             for cid, entry, argv, _ in CASES]
     warm = ("steer-unknown-variant", "steer-prompts-empty", "em-questions-missing", "finetune-empty-data",
             "extract-missing-adapters", "transfer-same-family", "score-empty-file")
     warmup = [c for (cid, *_), c in zip(CASES, cases) if cid in warm]
