@@ -34,7 +34,8 @@ from interventions.run_layout import (
 __all__ = ["build_summary", "write_report", "check_summary", "SCHEMA", "SUMMARY_KEYS"]
 
 SCHEMA = "emsteer.report/1"
-SUMMARY_KEYS = ("schema", "run", "profile", "grid", "created", "n_cells", "families", "transfer", "claims", "notes")
+SUMMARY_KEYS = ("schema", "run", "profile", "grid", "created", "n_cells", "families", "transfer", "claims", "notes",
+                "cells")
 FAMILY_KEYS = ("separation", "calibration", "spillover", "code_on_coding", "coherence", "variants", "dose",
                "finetune_effect", "audit", "monitor")
 
@@ -267,6 +268,8 @@ def build_summary(run: str | Path, grid: str = "paper") -> tuple[dict[str, Any],
         "schema": SCHEMA, "run": str(run), "profile": manifest.get("profile"), "grid": grid,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "n_cells": len(table.cells),
         "families": fams, "transfer": transfer, "claims": _claims(fams, transfer),
+        "cells": {name: {"log": c["log"], "direction_sha256": c["provenance"]["direction_sha256"],
+                         "alpha": c["label"].get("alpha_value")} for name, c in sorted(table.cells.items())},
         "notes": {"split": "test half of the held-out prompts (alpha was calibrated on the other half)",
                   "change": "steered minus unsteered insecure model of the same seed, paired by prompt, in points; "
                             "95% bootstrap over prompts and over seeds (or random draws) where there are several",

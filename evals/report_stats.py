@@ -25,11 +25,18 @@ def bootstrap_mean(units: Sequence[np.ndarray], *, n_boot: int = N_BOOT, seed: i
         return float("nan"), float("nan"), float("nan")
     point = float(np.mean(np.concatenate(units)))
     rng = np.random.default_rng(seed)
-    stats = np.empty(n_boot)
-    for b in range(n_boot):
-        picked = rng.integers(0, len(units), len(units))
-        draws = [units[i][rng.integers(0, len(units[i]), len(units[i]))] for i in picked]
-        stats[b] = np.concatenate(draws).mean()
+    k = len(units)
+    picked = rng.integers(0, k, (n_boot, k))  # which unit fills each of the k slots of each bootstrap draw
+    sizes = np.array([len(u) for u in units], dtype=float)
+    # sums[i][b, j]: the sum of a fresh prompt resample of unit i, for slot j of draw b (vectorised)
+    sums = [u[rng.integers(0, len(u), (n_boot, k, len(u)))].sum(axis=2) for u in units]
+    total = np.zeros(n_boot)
+    count = np.zeros(n_boot)
+    for i in range(k):
+        chosen = picked == i
+        total += np.where(chosen, sums[i], 0.0).sum(axis=1)
+        count += chosen.sum(axis=1) * sizes[i]
+    stats = total / count
     lo, hi = np.percentile(stats, [2.5, 97.5])
     return point, float(lo), float(hi)
 
