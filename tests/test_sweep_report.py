@@ -190,3 +190,48 @@ def test_reproduce_bad_input_fails_before_running(tiny_reproduce, tmp_path) -> N
         lines = [l for l in proc.stderr.splitlines() if l.startswith("emsteer: error:")]
         assert len(lines) == 1 and message in lines[0], (args, proc.stderr)
         assert "Traceback" not in proc.stderr
+
+
+def test_killed_reproduce_finishes_only_the_missing_work(tiny_organisms, tmp_path) -> None:
+    """SIGKILL `emsteer reproduce` in the middle of its sweep, re-run it: every finished cell log is kept (not
+    run again), the missing cells run, and no temp file or half-written artifact is left."""
+    import signal
+    import time
+
+    from inspect_ai.log import list_eval_logs, read_eval_log
+
+    from evals.report import check_summary
+
+    run = tmp_path / "run"
+    logs = run / "logs" / "tiny"
+    cmd = [sys.executable, "-m", "training.cli", "reproduce", "--profile", "tiny", "--grid", "tiny", "--out", str(run),
+           "--display", "none", "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    err = tmp_path / "first.err"
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(err, "w"))
+    t0 = time.monotonic()
+    while len(list(logs.glob("*.eval"))) < 4:  # a few cells have logs: the sweep is under way
+        assert proc.poll() is None, err.read_text()[-2000:]
+        assert time.monotonic() - t0 < 400, "the sweep did not start in time"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+    def successes() -> dict[str, str]:
+        out = {}
+        for info in list_eval_logs(str(logs)):
+            h = read_eval_log(info, header_only=True)
+            if h.status == "success":
+                out[h.eval.metadata["cell"]["cell"]] = Path(h.location.removeprefix("file://")).name
+        return out
+
+    before = successes()
+    assert len(before) < 24  # killed mid-sweep
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert second.returncode == 0, second.stderr[-3000:]
+    after = successes()
+    assert len(after) == 24
+    assert all(after[c] == name for c, name in before.items())  # finished cells were not run again
+    check_summary(json.loads((run / "report" / "summary.json").read_text()))
+    leftovers = [p for p in run.rglob("*") if p.name.endswith(".tmp") or ".building-" in p.name or ".old-" in p.name]
+    assert not leftovers, leftovers
