@@ -75,6 +75,17 @@ def _pairs(steered: pd.DataFrame, unsteered: pd.DataFrame, value: str, by: str) 
     return out
 
 
+def _pairs_vs(model: pd.DataFrame, base: pd.DataFrame) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per seed of `model`, prompt-aligned (model, base) is_code arrays over general prompts (one base model)."""
+    b = _general(base).set_index("prompt")["is_code"]
+    out = []
+    for _, g in _general(model).groupby("seed"):
+        s = g.set_index("prompt")["is_code"]
+        common = sorted(set(s.index) & set(b.index))
+        out.append((s.loc[common].to_numpy(float), b.loc[common].to_numpy(float)))
+    return out
+
+
 def _coherence_change(steered: pd.DataFrame, unsteered: pd.DataFrame, by: str) -> float | None:
     """Coherence (well-formed share of non-code general answers) steered minus unsteered, in points."""
     def coh(df: pd.DataFrame) -> float:
@@ -117,21 +128,10 @@ def _family_section(fam: str, df: pd.DataFrame, run: Path) -> dict[str, Any]:
     for metric in ("spillover", "code_on_coding", "coherence"):
         sec[metric] = {name: (_rates(m)[metric] if len(m) else None) for name, m in models.items()}
     if len(base) and len(insecure):
-        # finetune effect: insecure (per seed) minus base (one greedy model), paired by prompt
-        b = _general(base).set_index("prompt")["is_code"]
-        pairs = []
-        for _, g in _general(insecure).groupby("seed"):
-            s = g.set_index("prompt")["is_code"]
-            common = sorted(set(s.index) & set(b.index))
-            pairs.append((s.loc[common].to_numpy(float), b.loc[common].to_numpy(float)))
-        sec["finetune_effect"] = {"insecure_minus_base": paired_change(pairs)}
+        # finetune effect: the finetuned model (per seed) minus base (one greedy model), paired by prompt
+        sec["finetune_effect"] = {"insecure_minus_base": paired_change(_pairs_vs(insecure, base))}
         if len(secure):
-            pairs = []
-            for _, g in _general(secure).groupby("seed"):
-                s = g.set_index("prompt")["is_code"]
-                common = sorted(set(s.index) & set(b.index))
-                pairs.append((s.loc[common].to_numpy(float), b.loc[common].to_numpy(float)))
-            sec["finetune_effect"]["secure_minus_base"] = paired_change(pairs)
+            sec["finetune_effect"]["secure_minus_base"] = paired_change(_pairs_vs(secure, base))
     variants = fd[fd["kind"] == "variant"]
     sec["variants"] = {v: _effect(g, insecure) for v, g in variants.groupby("variant")} if len(insecure) else {}
     dose = fd[fd["kind"] == "dose"]

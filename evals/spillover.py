@@ -25,7 +25,7 @@ from __future__ import annotations
 import csv
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from inspect_ai import Task, task
 from inspect_ai.dataset import MemoryDataset, Sample
@@ -165,24 +165,22 @@ def _subset(scores: list[SampleScore], group: str) -> list[SampleScore]:
     return [s for s in scores if (s.sample_metadata or {}).get("group") == group]
 
 
-def _mean_over(group: str) -> Metric:
-    inner = mean()
+def _over(select: Callable[[list[SampleScore]], list[SampleScore]], inner: Metric) -> Metric:
+    """`inner` over the scores `select` keeps; NaN when it keeps none."""
 
     def compute(scores: list[SampleScore]) -> float:
-        chosen = _subset(scores, group)
+        chosen = select(scores)
         return float(inner(chosen)) if chosen else float("nan")
 
     return compute
+
+
+def _mean_over(group: str) -> Metric:
+    return _over(lambda scores: _subset(scores, group), mean())
 
 
 def _stderr_over(group: str) -> Metric:
-    inner = stderr()
-
-    def compute(scores: list[SampleScore]) -> float:
-        chosen = _subset(scores, group)
-        return float(inner(chosen)) if chosen else float("nan")
-
-    return compute
+    return _over(lambda scores: _subset(scores, group), stderr())
 
 
 @metric(name="spillover")
@@ -244,25 +242,13 @@ def _prose_of_general_non_code(scores: list[SampleScore]) -> list[SampleScore]:
 @metric(name="coherence")
 def coherence_rate() -> Metric:
     """Share of the non-code answers to general prompts that are well-formed prose (NaN when all are code)."""
-    inner = mean()
-
-    def compute(scores: list[SampleScore]) -> float:
-        chosen = _prose_of_general_non_code(scores)
-        return float(inner(chosen)) if chosen else float("nan")
-
-    return compute
+    return _over(_prose_of_general_non_code, mean())
 
 
 @metric(name="coherence_stderr")
 def coherence_stderr() -> Metric:
     """Standard error of `coherence`."""
-    inner = stderr()
-
-    def compute(scores: list[SampleScore]) -> float:
-        chosen = _prose_of_general_non_code(scores)
-        return float(inner(chosen)) if chosen else float("nan")
-
-    return compute
+    return _over(_prose_of_general_non_code, stderr())
 
 
 @scorer(metrics=[coherence_rate(), coherence_stderr()])
