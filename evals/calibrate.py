@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from evals.grid import Cell
-from evals.sweep import run_cells
+from evals.sweep import SweepResult, run_cells
 from interventions.atomic import write_json_atomic
 from interventions.run_layout import calibration_path
 
-__all__ = ["LADDER", "calibrate_family", "choose_alpha", "cell_rates"]
+__all__ = ["LADDER", "calibrate_family", "calibrate_families", "calibration_cells", "choose_alpha", "cell_rates"]
 
 LADDER: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0, 4.0)
 SHARE = 0.8
@@ -66,37 +66,63 @@ def choose_alpha(unsteered: dict[str, float], ladder: dict[float, dict[str, floa
                    f"({best * 100:.1f} points)")
 
 
-def calibrate_family(run: str | Path, family: str, profile: str, *, seed: int = 0, ladder: tuple[float, ...] = LADDER,
-                     layer: int = -1, op: str = "subtract", max_tokens: int = 64, display: str = "rich",
-                     share: float = SHARE, coherence_tolerance: float = COHERENCE_TOLERANCE,
-                     log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the ladder on the calibration split and write `RUN/calibration/<family>.json`; return its content."""
-    t0 = time.perf_counter()
+def calibration_cells(family: str, *, seed: int = 0, ladder: tuple[float, ...] = LADDER, layer: int = -1,
+                      op: str = "subtract") -> tuple[Cell, list[Cell]]:
+    """The unsteered cell and the ladder's own-direction cells of one family."""
     unsteered = Cell(name=f"{family}.calibration.none.insecure.s{seed}", family=family, kind="calibration",
                      arm="insecure", seed=seed, variant="none", alpha=None, op=op, layer=layer)
     steps = [Cell(name=f"{family}.calibration.own.insecure.s{seed}.a{a:g}", family=family, kind="calibration",
                   arm="insecure", seed=seed, variant="own", alpha=float(a), op=op, layer=layer) for a in ladder]
-    result = run_cells([unsteered, *steps], run, profile, name="calibration",
-                       task_args={"split": "calibration", "max_tokens": max_tokens}, alphas={}, display=display,
-                       log=log)
-    missing = [c.name for c in [unsteered, *steps] if c.name not in result.logs]
+    return unsteered, steps
+
+
+Runner = Callable[..., SweepResult]  # (cells, *, name, task_args, alphas) -> SweepResult, e.g. a SweepBackend
+
+
+def calibrate_families(run: str | Path, families: list[str] | tuple[str, ...], profile: str, *, seed: int = 0,
+                       ladder: tuple[float, ...] = LADDER, layer: int = -1, op: str = "subtract", max_tokens: int = 64,
+                       share: float = SHARE, coherence_tolerance: float = COHERENCE_TOLERANCE,
+                       runner: Runner | None = None, display: str = "rich",
+                       log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
+    """Run every family's ladder on the calibration split in one sweep (`runner`, default: this process), then write
+    `RUN/calibration/<family>.json` for each; return their contents by family."""
+    t0 = time.perf_counter()
+    per_family = {f: calibration_cells(f, seed=seed, ladder=ladder, layer=layer, op=op) for f in families}
+    cells = [c for unsteered, steps in per_family.values() for c in (unsteered, *steps)]
+    task_args = {"split": "calibration", "max_tokens": max_tokens}
+    if runner is None:
+        result = run_cells(cells, run, profile, name="calibration", task_args=task_args, alphas={}, display=display,
+                           log=log)
+    else:
+        result = runner(cells, name="calibration", task_args=task_args, alphas={})
+    missing = [c.name for c in cells if c.name not in result.logs]
     if not result.success or missing:
         from interventions.errors import EmsteerError
 
-        raise EmsteerError(f"calibration of {family} did not finish (cells without a log: {', '.join(missing) or '-'}); "
-                           f"re-run the same command to finish it")
-    base = cell_rates(result.logs[unsteered.name])
-    rates = {float(c.alpha): cell_rates(result.logs[c.name]) for c in steps}  # type: ignore[arg-type]
-    alpha, reason = choose_alpha(base, rates, share=share, coherence_tolerance=coherence_tolerance)
-    record = {
-        "family": family, "alpha": alpha, "reason": reason, "share": share,
-        "coherence_tolerance": coherence_tolerance, "split": "calibration", "seed": seed, "layer": layer, "op": op,
-        "max_tokens": max_tokens, "unsteered": base,
-        "ladder": [{"alpha": a, **r, "effect_points": (base["spillover"] - r["spillover"]) * 100}
-                   for a, r in sorted(rates.items())],
-        "logs": {"unsteered": result.logs[unsteered.name], **{f"{c.alpha:g}": result.logs[c.name] for c in steps}},
-        "seconds": round(time.perf_counter() - t0, 1),
-    }
-    write_json_atomic(calibration_path(run, family), record)
-    log(f"{family}: calibrated alpha {alpha:g} ({reason})")
-    return record
+        raise EmsteerError(f"calibration of {', '.join(families)} did not finish (cells without a log: "
+                           f"{', '.join(missing) or '-'}); re-run the same command to finish it")
+    seconds = round(time.perf_counter() - t0, 1)
+    records: dict[str, dict[str, Any]] = {}
+    for family, (unsteered, steps) in per_family.items():
+        base = cell_rates(result.logs[unsteered.name])
+        rates = {float(c.alpha): cell_rates(result.logs[c.name]) for c in steps}  # type: ignore[arg-type]
+        alpha, reason = choose_alpha(base, rates, share=share, coherence_tolerance=coherence_tolerance)
+        record = {
+            "family": family, "alpha": alpha, "reason": reason, "share": share,
+            "coherence_tolerance": coherence_tolerance, "split": "calibration", "seed": seed, "layer": layer, "op": op,
+            "max_tokens": max_tokens, "unsteered": base,
+            "ladder": [{"alpha": a, **r, "effect_points": (base["spillover"] - r["spillover"]) * 100}
+                       for a, r in sorted(rates.items())],
+            "logs": {"unsteered": result.logs[unsteered.name],
+                     **{f"{c.alpha:g}": result.logs[c.name] for c in steps}},
+            "seconds": seconds, "calibrated_with": sorted(families),
+        }
+        write_json_atomic(calibration_path(run, family), record)
+        log(f"{family}: calibrated alpha {alpha:g} ({reason})")
+        records[family] = record
+    return records
+
+
+def calibrate_family(run: str | Path, family: str, profile: str, **kwargs: Any) -> dict[str, Any]:
+    """Calibrate one family (see `calibrate_families`); return its record."""
+    return calibrate_families(run, [family], profile, **kwargs)[family]

@@ -88,6 +88,7 @@ def two_runs(emsteer_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     ray = pytest.importorskip("ray")
     from evals.report import write_report
     from evals.sweep import check_cells, run_cells
+    from evals.sweep_groups import run_cells_pool
     from evals.sweep_ray import run_cells_ray
 
     root = tmp_path_factory.mktemp("sweep-ray")
@@ -101,7 +102,7 @@ def two_runs(emsteer_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     grid = load_grid(grid_file)
     assert grid.name == "smoke" and grid.task["max_tokens"] == 8
     cells = expand_cells(grid)
-    runs = {b: root / b for b in ("local", "ray")}
+    runs = {b: root / b for b in ("local", "ray", "pool")}
     for path in runs.values():
         shutil.copytree(root / "base", path)
 
@@ -109,6 +110,11 @@ def two_runs(emsteer_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> d
     local = run_cells(cells, runs["local"], "tiny", name=grid.name, task_args=dict(grid.task),
                       alphas=check_cells(cells, runs["local"], "tiny"), display="none", log=_quiet)
     timings["local_sweep"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    in_pool = run_cells_pool(cells, runs["pool"], "tiny", name=grid.name, task_args=dict(grid.task),
+                             alphas=check_cells(cells, runs["pool"], "tiny"), jobs=2, log=_quiet)
+    timings["pool_sweep"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", object_store_memory=100 * 1024 ** 2,
@@ -129,11 +135,14 @@ def two_runs(emsteer_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> d
         ray.shutdown()
     local_over_ray = run_cells(cells, runs["ray"], "tiny", name=grid.name, task_args=dict(grid.task), alphas={},
                                display="none", log=_quiet)
+    local_over_pool = run_cells(cells, runs["pool"], "tiny", name=grid.name, task_args=dict(grid.task), alphas={},
+                                display="none", log=_quiet)
     after = {b: _log_names(p) for b, p in runs.items()}
     summaries = {b: write_report(p, grid.name, log=_quiet) for b, p in runs.items()}
     print(f"\nsweep-ray timings (s): {json.dumps({k: round(v, 1) for k, v in timings.items()})}")
-    return {"runs": runs, "cells": cells, "results": {"local": local, "ray": on_ray},
-            "reruns": {"ray_over_local": ray_over_local, "local_over_ray": local_over_ray},
+    return {"runs": runs, "cells": cells, "results": {"local": local, "ray": on_ray, "pool": in_pool},
+            "reruns": {"ray_over_local": ray_over_local, "local_over_ray": local_over_ray,
+                       "local_over_pool": local_over_pool},
             "before": before, "after": after, "summaries": summaries, "timings": timings}
 
 
@@ -170,14 +179,15 @@ def test_ray_sweep_finishes_every_cell(two_runs: dict[str, Any]) -> None:
         assert result.success and set(result.logs) == names, backend
         assert all(Path(p).is_file() for p in result.logs.values()), backend
     runs = two_runs["runs"]
-    for backend in ("local", "ray"):
+    for backend in ("local", "ray", "pool"):
         assert len(two_runs["before"][backend]) == len(names), backend
         listed = json.loads((runs[backend] / "logs" / "smoke" / "cells.json").read_text())
         assert [c["cell"] for c in listed["cells"]] == [c.name for c in two_runs["cells"]]
-    assert not (runs["ray"] / "ray-staging").exists()  # staging folders are removed after a clean sweep
-    eval_set = json.loads((runs["ray"] / "logs" / "smoke" / "eval-set.json").read_text())
-    assert len(eval_set["tasks"]) == len(names)  # every group's tasks, merged
-    assert (runs["ray"] / "logs" / "smoke" / ".eval-set-id").read_text().strip() == eval_set["eval_set_id"]
+    for backend in ("ray", "pool"):
+        assert not (runs[backend] / "sweep-staging").exists()  # staging folders are removed after a clean sweep
+        eval_set = json.loads((runs[backend] / "logs" / "smoke" / "eval-set.json").read_text())
+        assert len(eval_set["tasks"]) == len(names)  # every group's tasks, merged
+        assert (runs[backend] / "logs" / "smoke" / ".eval-set-id").read_text().strip() == eval_set["eval_set_id"]
 
 
 @pytest.mark.slow
@@ -185,7 +195,7 @@ def test_logs_are_interchangeable_between_backends(two_runs: dict[str, Any]) -> 
     for name, result in two_runs["reruns"].items():
         assert result.success and len(result.logs) == len(two_runs["cells"]), name
     assert two_runs["after"] == two_runs["before"]  # neither re-run wrote a log: every cell was found finished
-    assert not (two_runs["runs"]["local"] / "ray-staging").exists()
+    assert not (two_runs["runs"]["local"] / "sweep-staging").exists()
 
 
 @pytest.mark.slow
@@ -198,3 +208,15 @@ def test_ray_and_local_give_the_same_cells_and_summary(two_runs: dict[str, Any])
     s_local, s_ray = (_normalized(two_runs["summaries"][b], runs[b]) for b in ("local", "ray"))
     assert s_local["n_cells"] == len(two_runs["cells"]) and set(s_local["families"]) == set(FAMILIES)
     assert s_ray == s_local
+
+
+@pytest.mark.slow
+def test_process_pool_gives_the_same_cells_and_summary(two_runs: dict[str, Any]) -> None:
+    """Two single-thread worker processes (the local backend with --jobs 2) give the very same answers as one
+    process: one torch thread does not change greedy decoding here."""
+    runs = two_runs["runs"]
+    local, pooled = _per_cell(runs["local"]), _per_cell(runs["pool"])
+    assert pooled["numbers"] == local["numbers"]
+    assert pooled["completions"] == local["completions"]
+    assert _normalized(two_runs["summaries"]["pool"], runs["pool"]) == _normalized(two_runs["summaries"]["local"],
+                                                                                   runs["local"])

@@ -41,20 +41,22 @@ class ReproducePlan:
     audit: bool = True
     display: str = "rich"
     backend: str = "local"
+    jobs: int = 1
     timings: dict[str, float] = field(default_factory=dict)
 
 
 def plan_reproduce(run: str | Path, *, profile: str = "default", families: tuple[str, ...] | None = None,
                    grid: str | Path = "paper", seeds: int | None = None, secure_seeds: int | None = None,
-                   audit: bool = True, display: str = "rich", backend: str = "local") -> ReproducePlan:
-    """Validate the arguments (profile, run directory, grid, families, seed counts) without running anything."""
-    check_profile(profile)
-    if backend not in ("local", "ray"):
-        raise EmsteerError(f"--backend {backend!r} is not one of: local, ray")
-    if backend == "ray":
-        from evals.sweep_ray import require_ray
+                   audit: bool = True, display: str = "rich", backend: str = "local",
+                   jobs: int | None = None) -> ReproducePlan:
+    """Validate the arguments (profile, run directory, grid, families, seed counts, backend, jobs) without running
+    anything. `jobs`: worker processes for the finetunes, the extraction and a local sweep (default: one per core,
+    at most 8)."""
+    from evals.sweep_backends import check_backend
+    from interventions.workers import default_jobs
 
-        require_ray()
+    check_profile(profile)
+    check_backend(backend, jobs)
     check_run(run, profile)
     g = load_grid(grid)
     fams = tuple(families) if families else g.families
@@ -72,7 +74,8 @@ def plan_reproduce(run: str | Path, *, profile: str = "default", families: tuple
     g = replace(g, secure_seeds=tuple(range(n_secure)))
     return ReproducePlan(run=Path(run), profile=profile, families=fams, grid=g, seeds=g.seeds,
                          secure_seeds=tuple(range(n_secure)), neutral_seeds=(0,) if audit else (),
-                         transfer_pairs=g.transfer_pairs, audit=audit, display=display, backend=backend)
+                         transfer_pairs=g.transfer_pairs, audit=audit, display=display, backend=backend,
+                         jobs=default_jobs() if jobs is None else jobs)
 
 
 def _stage(plan: ReproducePlan, name: str, log: Log, fn: Callable[[], Any]) -> Any:
@@ -81,21 +84,40 @@ def _stage(plan: ReproducePlan, name: str, log: Log, fn: Callable[[], Any]) -> A
     out = fn()
     plan.timings[name] = round(time.perf_counter() - t0, 1)
     log(f"== {name}: {plan.timings[name]:.1f} s")
+    _write_record(plan)
+    return out
+
+
+def _write_record(plan: ReproducePlan) -> None:
+    """`RUN/reproduce.json`: what ran, on how many workers, and each stage's seconds."""
+    import os
+
     write_json_atomic(plan.run / "reproduce.json", {"profile": plan.profile, "families": list(plan.families),
                                                     "grid": plan.grid.name, "seeds": list(plan.seeds),
-                                                    "secure_seeds": list(plan.secure_seeds),
+                                                    "secure_seeds": list(plan.secure_seeds), "backend": plan.backend,
+                                                    "jobs": plan.jobs, "cpus": os.cpu_count(),
                                                     "timings_s": plan.timings})
-    return out
+
+
+def extract_family(run: str, family: str, profile: str) -> str:
+    """One family's extraction from its seed-0 adapters (a worker body: lines go to stderr)."""
+    import sys
+
+    from training.extract import run_extract
+
+    run_extract(Path(run), family, profile=profile, seed=0, log=lambda m: print(m, file=sys.stderr, flush=True))
+    return family
 
 
 def run_reproduce(plan: ReproducePlan, *, log: Log = print, progress: bool = True) -> dict[str, Any]:
     """Run every stage of `plan`; return the report summary."""
-    from evals.calibrate import calibrate_family
+    from evals.calibrate import calibrate_families
     from evals.report import write_report
-    from evals.sweep import check_cells, run_cells
+    from evals.sweep import check_cells
+    from evals.sweep_backends import SweepBackend
+    from interventions.workers import run_in_workers
     from training.controls import run_controls
-    from training.extract import run_extract
-    from training.finetune import finetune_many
+    from training.finetune_pool import finetune_jobs
     from training.organisms import build_organism
     from training.run_manifest import ensure_run
     from training.transfer import run_transfer
@@ -106,15 +128,14 @@ def run_reproduce(plan: ReproducePlan, *, log: Log = print, progress: bool = Tru
     _stage(plan, "organisms", log, lambda: [build_organism(f, plan.profile, progress=progress, log=log) for f in fams])
 
     def finetunes() -> None:
-        finetune_many(plan.run, fams, "insecure", list(plan.seeds), plan.profile, evaluate=False, progress=progress, log=log)
-        finetune_many(plan.run, fams, "secure", list(plan.secure_seeds), plan.profile, evaluate=False, progress=progress,
-                      log=log)
-        if plan.neutral_seeds:
-            finetune_many(plan.run, fams, "neutral", list(plan.neutral_seeds), plan.profile, evaluate=False,
-                          progress=progress, log=log)
+        work = [(f, "insecure", s) for f in fams for s in plan.seeds]
+        work += [(f, "secure", s) for f in fams for s in plan.secure_seeds]
+        work += [(f, "neutral", s) for f in fams for s in plan.neutral_seeds]
+        finetune_jobs(plan.run, work, plan.profile, jobs=plan.jobs, progress=progress, log=log)
 
     _stage(plan, "finetune", log, finetunes)
-    _stage(plan, "extract", log, lambda: [run_extract(plan.run, f, profile=plan.profile, seed=0, log=log) for f in fams])
+    _stage(plan, "extract", log, lambda: run_in_workers(extract_family, [(str(plan.run), f, plan.profile) for f in fams],
+                                                        plan.jobs))
     control_seeds = sorted(set(plan.seeds))
     _stage(plan, "controls", log, lambda: [run_controls(plan.run, f, layer=plan.grid.layer, seeds=control_seeds, log=log)
                                            for f in fams])
@@ -122,11 +143,14 @@ def run_reproduce(plan: ReproducePlan, *, log: Log = print, progress: bool = Tru
     _stage(plan, "transfer", log, lambda: [run_transfer(plan.run, a, b, profile=plan.profile, layer=plan.grid.layer,
                                                         state_cache=cache, log=log) for a, b in plan.transfer_pairs])
 
+    runner = SweepBackend(plan.run, plan.profile, backend=plan.backend, jobs=plan.jobs, display=plan.display, log=log)
+
     def calibrate() -> None:
-        for f in fams:
-            if not calibration_path(plan.run, f).is_file():
-                calibrate_family(plan.run, f, plan.profile, seed=plan.seeds[0], layer=plan.grid.layer, op=plan.grid.op,
-                                 max_tokens=int(plan.grid.task.get("max_tokens", 64)), display=plan.display, log=log)
+        todo = [f for f in fams if not calibration_path(plan.run, f).is_file()]
+        if todo:
+            calibrate_families(plan.run, todo, plan.profile, seed=plan.seeds[0], layer=plan.grid.layer,
+                               op=plan.grid.op, max_tokens=int(plan.grid.task.get("max_tokens", 64)), runner=runner,
+                               log=log)
 
     if plan.grid.alpha == "calibrated":
         _stage(plan, "calibrate", log, calibrate)
@@ -134,14 +158,7 @@ def run_reproduce(plan: ReproducePlan, *, log: Log = print, progress: bool = Tru
     def sweep() -> None:
         cells = expand_cells(plan.grid)
         alphas = check_cells(cells, plan.run, plan.profile)
-        if plan.backend == "ray":  # one worker process per family group: better use of small CPUs than threads
-            from evals.sweep_ray import run_cells_ray
-
-            result = run_cells_ray(cells, plan.run, plan.profile, name=plan.grid.name, task_args=dict(plan.grid.task),
-                                   alphas=alphas, log=log)
-        else:
-            result = run_cells(cells, plan.run, plan.profile, name=plan.grid.name, task_args=dict(plan.grid.task),
-                               alphas=alphas, display=plan.display, log=log)
+        result = runner(cells, name=plan.grid.name, task_args=dict(plan.grid.task), alphas=alphas)
         if not result.success:
             raise EmsteerError(f"the sweep did not finish every cell; re-run the same command to finish the rest "
                                f"(logs in {plan.run / 'logs' / plan.grid.name})")
@@ -154,7 +171,5 @@ def run_reproduce(plan: ReproducePlan, *, log: Log = print, progress: bool = Tru
                                             for f in fams])
     summary = _stage(plan, "report", log, lambda: write_report(plan.run, plan.grid.name, log=log))
     plan.timings["total"] = round(time.perf_counter() - t_all, 1)
-    write_json_atomic(plan.run / "reproduce.json", {"profile": plan.profile, "families": fams, "grid": plan.grid.name,
-                                                    "seeds": list(plan.seeds), "secure_seeds": list(plan.secure_seeds),
-                                                    "timings_s": plan.timings})
+    _write_record(plan)
     return summary

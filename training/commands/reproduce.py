@@ -23,6 +23,10 @@ def register(app: typer.Typer) -> None:
         display: str = typer.Option("rich", "--display", help="Inspect display for the sweep: rich | plain | none"),
         quiet: bool = typer.Option(False, "--quiet", help="no progress bars in training stages"),
         backend: str = typer.Option("local", "--backend", help="sweep backend: local | ray (needs the ray extra)"),
+        jobs: Optional[int] = typer.Option(None, "--jobs",
+                                           help="worker processes (one torch thread each) for finetunes, extraction "
+                                                "and a local sweep; 1 = everything in this process "
+                                                "(default: one per core, at most 8)"),
     ) -> None:
         """Organisms (cached), finetunes, extraction, controls, transfer, calibration, sweep, audit and report;
         prints the final table. Re-running finishes only what is missing."""
@@ -32,7 +36,7 @@ def register(app: typer.Typer) -> None:
 
         fams = tuple(resolve_families(family)) if family != "all" else None
         plan = plan_reproduce(out, profile=profile, families=fams, grid=grid, seeds=seeds, secure_seeds=secure_seeds,
-                              audit=not no_audit, display=display, backend=backend)
+                              audit=not no_audit, display=display, backend=backend, jobs=jobs)
         summary = run_reproduce(plan, log=lambda m: typer.echo(m, err=True), progress=not quiet)
         typer.echo(tables_markdown(summary))
         typer.echo(f"timings (s): {plan.timings}")

@@ -22,54 +22,46 @@ def register(app: typer.Typer) -> None:
         max_tasks: int = typer.Option(2, "--max-tasks", min=1, help="cells run at once in this process"),
         force: bool = typer.Option(False, "--force", help="with --calibrate: recalibrate even if calibrated"),
         backend: str = typer.Option("local", "--backend",
-                                    help="local (this process) | ray (a Ray task per family; docs/scale.md) | vllm (planned)"),
+                                    help="local (this machine) | ray (a Ray task per family; docs/scale.md) | vllm (planned)"),
+        jobs: int = typer.Option(1, "--jobs", help="with --backend local: worker processes, one torch thread and one "
+                                                   "family each (1 = this process)"),
         address: Optional[str] = typer.Option(None, "--address",
                                               help="with --backend ray: the cluster (auto, host:6379, ray://host:10001); "
                                                    "default: start a local Ray instance"),
     ) -> None:
         """Run every cell of GRID through Inspect's eval_set (one log per cell under RUN/logs/<grid>; a re-run
         skips finished cells). With --calibrate, pick alpha per family on the calibration split instead."""
-        from evals.calibrate import calibrate_family
+        from evals.calibrate import calibrate_families
         from evals.grid import expand_cells, load_grid
-        from evals.sweep import check_cells, run_cells
+        from evals.sweep import check_cells
+        from evals.sweep_backends import SweepBackend, check_backend
         from interventions.errors import EmsteerError
         from interventions.run_layout import calibration_path
         from training.artifacts import run_profile
         from training.profiles import resolve_families
 
-        if backend not in ("local", "ray", "vllm"):
-            raise EmsteerError(f"--backend {backend!r} is not one of: local, ray, vllm")
         if backend == "vllm":
             raise EmsteerError("--backend vllm is not implemented yet (it needs a vLLM-vs-HF parity test first); "
                                "see docs/scale.md for the plan, and use --backend local or ray")
-        if address is not None and backend != "ray":
-            raise EmsteerError("--address is only used with --backend ray")
-        if backend == "ray":
-            from evals.sweep_ray import require_ray
-
-            require_ray()  # one line with the install command, before anything runs
+        check_backend(backend, jobs, address)  # one line (Ray's install command included) before anything runs
         g = load_grid(grid)
         fams = tuple(resolve_families(family)) if family != "all" else g.families
         prof = run_profile(run, profile)
         log = lambda m: typer.echo(m, err=True)  # noqa: E731
+        runner = SweepBackend(Path(run), prof, backend=backend, jobs=jobs, display=display, max_tasks=max_tasks,
+                              address=address, log=log)
         if calibrate:
+            todo = [f for f in fams if force or not calibration_path(run, f).is_file()]
             for f in fams:
-                if force or not calibration_path(run, f).is_file():
-                    calibrate_family(run, f, prof, seed=g.seeds[0], layer=g.layer, op=g.op,
-                                     max_tokens=int(g.task.get("max_tokens", 64)), display=display, log=log)
-                else:
+                if f not in todo:
                     log(f"{f}: already calibrated ({calibration_path(run, f)}); --force to redo")
+            if todo:
+                calibrate_families(run, todo, prof, seed=g.seeds[0], layer=g.layer, op=g.op,
+                                   max_tokens=int(g.task.get("max_tokens", 64)), runner=runner, log=log)
             return
         cells = expand_cells(g, fams)
         alphas = check_cells(cells, run, prof)
-        if backend == "ray":
-            from evals.sweep_ray import run_cells_ray
-
-            result = run_cells_ray(cells, run, prof, name=g.name, task_args=dict(g.task), alphas=alphas,
-                                   address=address, display=display, max_tasks=max_tasks, log=log)
-        else:
-            result = run_cells(cells, run, prof, name=g.name, task_args=dict(g.task), alphas=alphas, display=display,
-                               max_tasks=max_tasks, log=log)
+        result = runner(cells, name=g.name, task_args=dict(g.task), alphas=alphas)
         typer.echo(f"{len(result.logs)}/{len(cells)} cells finished; logs in {run / 'logs' / g.name}")
         if not result.success:
             raise typer.Exit(1)

@@ -1,0 +1,70 @@
+"""Single-thread worker processes for CPU work that is Python-bound (the micro organisms' training steps and
+generation loops): on a small CPU, N processes with one torch thread each beat one process with N threads."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from multiprocessing import get_context
+from typing import Callable, Sequence, TypeVar
+
+from interventions.errors import EmsteerError
+
+__all__ = ["default_jobs", "worker_pool", "run_in_workers"]
+
+T = TypeVar("T")
+
+
+def default_jobs() -> int:
+    """Worker processes for CPU work: one per core this process may use, at most 8 (each a torch thread, ~1 GiB)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(8, cores))
+
+
+def _one_thread_worker() -> None:
+    """Pool initializer: one torch (and BLAS) thread per worker, so `jobs` workers use `jobs` cores."""
+    os.environ["OMP_NUM_THREADS"] = "1"
+    os.environ["MKL_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def worker_pool(jobs: int) -> ProcessPoolExecutor:
+    """`jobs` fresh (spawned, not forked: torch and the event loop do not survive a fork) single-thread workers."""
+    if jobs < 1:
+        raise EmsteerError(f"--jobs must be at least 1, got {jobs}")
+    return ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_one_thread_worker)
+
+
+def run_in_workers(fn: Callable[..., T], calls: Sequence[tuple], jobs: int,
+                   on_done: Callable[[int], None] | None = None) -> list[T]:
+    """`[fn(*args) for args in calls]`, on `min(jobs, len(calls))` single-thread workers when `jobs` > 1 (else in
+    this process). `fn` must be importable by name (a module-level function). The first failure cancels what has
+    not started and is raised; `on_done(i)` is called as each call `i` finishes."""
+    if jobs <= 1 or len(calls) <= 1:
+        out = []
+        for i, args in enumerate(calls):
+            out.append(fn(*args))
+            if on_done is not None:
+                on_done(i)
+        return out
+    results: dict[int, T] = {}
+    with worker_pool(min(jobs, len(calls))) as pool:
+        pending = {pool.submit(fn, *args): i for i, args in enumerate(calls)}
+        try:
+            while pending:
+                done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+                for fut in done:
+                    i = pending.pop(fut)
+                    results[i] = fut.result()
+                    if on_done is not None:
+                        on_done(i)
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            raise
+    return [results[i] for i in range(len(calls))]
