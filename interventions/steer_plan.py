@@ -45,7 +45,7 @@ from interventions.run_layout import (
     run_manifest_path,
 )
 
-DEFAULT_MAX_BATCH = 64
+DEFAULT_MAX_BATCH = 128
 # variants whose direction is one file in the run, which `-M direction=FILE` may replace
 FILE_VARIANTS: tuple[str, ...] = ("own", "secure_control", "transferred")
 # transformers model_type -> family, for local folders and hub ids that are not presets

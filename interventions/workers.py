@@ -6,13 +6,24 @@ from __future__ import annotations
 import os
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
-from typing import Callable, Sequence, TypeVar
+from contextlib import contextmanager
+from typing import Callable, Iterator, Sequence, TypeVar
 
 from interventions.errors import EmsteerError
 
-__all__ = ["default_jobs", "worker_pool", "run_in_workers"]
+__all__ = ["default_jobs", "worker_pool", "run_in_workers", "torch_threads", "stderr_line",
+           "CPU_TRAINING_THREADS"]
+
+CPU_TRAINING_THREADS = 1  # see `torch_threads`
 
 T = TypeVar("T")
+
+
+def stderr_line(message: str) -> None:
+    """A worker's log line: straight to stderr (workers have no progress display of their own)."""
+    import sys
+
+    print(message, file=sys.stderr, flush=True)
 
 
 def default_jobs() -> int:
@@ -68,3 +79,24 @@ def run_in_workers(fn: Callable[..., T], calls: Sequence[tuple], jobs: int,
                 fut.cancel()
             raise
     return [results[i] for i in range(len(calls))]
+
+
+@contextmanager
+def torch_threads(n: int | None) -> Iterator[None]:
+    """Run the block with `n` torch threads (None: leave as is), then restore the previous count.
+
+    CPU training of the micro organisms and adapters uses one thread on purpose: a float sum's rounding depends on
+    how many threads split it, so a fixed count makes an adapter the same bits on every machine and whichever path
+    built it (`emsteer finetune`, or a worker of `emsteer reproduce`); parallelism comes from training several at
+    once."""
+    import torch
+
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -136,3 +136,23 @@ def test_scorer_bad_arguments():
         direction_monitor(statistic="median")
     with pytest.raises(EmsteerError, match="finite"):
         direction_monitor(threshold=float("inf"))
+
+
+def test_vectorised_bootstrap_auroc_equals_sklearn_row_by_row():
+    """The report's bootstrap computes every resample's AUROC at once; each must equal roc_auc_score on that
+    resample (ties included: scores rounded to one decimal), and one-class resamples are dropped."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from evals.monitor import bootstrap_aurocs
+
+    rng = np.random.default_rng(7)
+    scores = np.round(rng.normal(size=(200, 30)), 1)
+    labels = (rng.random((200, 30)) < 0.3).astype(int)
+    labels[5] = 0  # one class only: dropped
+    labels[9] = 1
+    got = bootstrap_aurocs(scores, labels)
+    keep = [i for i in range(200) if 0 < labels[i].sum() < 30]
+    assert len(got) == len(keep) == 198
+    want = np.array([roc_auc_score(labels[i], scores[i]) for i in keep])
+    assert np.abs(got - want).max() < 1e-12

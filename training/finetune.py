@@ -43,6 +43,7 @@ from typing import Any, Callable, Iterator, Sequence
 from interventions.directions import sha256_file
 from interventions.errors import EmsteerError
 from interventions.organism_cache import verify_organism
+from interventions.workers import CPU_TRAINING_THREADS, torch_threads
 from interventions.paths import PROFILES, cache_root, check_family, configs_dir, organism_dir
 from interventions.run_layout import ARMS, adapter_dir, finetune_command
 from training.atomic import atomic_dir, ensure_writable_dir, write_json_atomic
@@ -391,10 +392,11 @@ def device_mode(settings: FinetuneSettings) -> dict[str, str]:
     if cuda:
         return {"device": "cuda", "quantization": "none", "method": "lora",
                 "note": "plain LoRA on CUDA (profile does not quantize)"}
-    note = "plain LoRA in fp32 on the CPU"
+    note = f"plain LoRA in fp32 on the CPU, {CPU_TRAINING_THREADS} torch thread"
     if settings.quantize == "auto":
         note += " (no CUDA, so no QLoRA/4-bit)"
-    return {"device": "cpu", "quantization": "none", "method": "lora", "note": note}
+    return {"device": "cpu", "quantization": "none", "method": "lora", "note": note,
+            "threads": str(CPU_TRAINING_THREADS)}
 
 
 def load_base(base: BaseModel, settings: FinetuneSettings):
@@ -541,6 +543,8 @@ def inputs_key(settings: FinetuneSettings, data: ChatData, base: BaseModel, seed
             "base": {"kind": base.kind, "id": base.id if base.kind == "hub" else None,
                      "weights_sha256": base.weights_sha256},
             "seed": int(seed), "method": mode["method"], "quantization": mode["quantization"]}
+    if "threads" in mode:  # CPU training: the thread count decides the float rounding (interventions.workers)
+        blob["threads"] = mode["threads"]
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
 
 
@@ -662,7 +666,8 @@ def _finetune_planned(run: Path, family: str, plan: _Plan, seed: int, *, force: 
     with tempfile.TemporaryDirectory(prefix="emsteer-sft-") as scratch:
         trainer = build_trainer(model, tokenizer, train_rows, eval_rows, settings, seed, scratch, progress=progress)
         t0 = time.time()
-        result = trainer.train()
+        with torch_threads(int(mode["threads"]) if "threads" in mode else None):
+            result = trainer.train()
         train_seconds = time.time() - t0
         eval_loss = trainer.evaluate()["eval_loss"] if eval_rows else None
         peft_model = trainer.model

@@ -9,11 +9,10 @@ the atomic writes are exactly those of `emsteer finetune`.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from interventions.workers import run_in_workers
+from interventions.workers import run_in_workers, stderr_line
 
 __all__ = ["FinetuneJob", "finetune_jobs"]
 
@@ -21,15 +20,11 @@ Log = Callable[[str], None]
 FinetuneJob = tuple[str, str, int]  # (family, data, seed)
 
 
-def _stderr_line(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
-
-
 def _train_one(run: str, family: str, data: str, seed: int, profile: str) -> str:
     """Worker body: one adapter, no progress bars (several workers share the terminal), lines to stderr."""
     from training.finetune import finetune
 
-    return str(finetune(Path(run), family, data, seed, profile, evaluate=False, progress=False, log=_stderr_line))
+    return str(finetune(Path(run), family, data, seed, profile, evaluate=False, progress=False, log=stderr_line))
 
 
 def finetune_jobs(run: Path, jobs_list: Sequence[FinetuneJob], profile: str, *, jobs: int, progress: bool = True,

@@ -99,13 +99,21 @@ def _write_record(plan: ReproducePlan) -> None:
                                                     "timings_s": plan.timings})
 
 
+def build_family(family: str, profile: str) -> str:
+    """One family's organism (a worker body: lines go to stderr)."""
+    from interventions.workers import stderr_line
+    from training.organisms import build_organism
+
+    build_organism(family, profile, progress=False, log=stderr_line)
+    return family
+
+
 def extract_family(run: str, family: str, profile: str) -> str:
     """One family's extraction from its seed-0 adapters (a worker body: lines go to stderr)."""
-    import sys
-
+    from interventions.workers import stderr_line
     from training.extract import run_extract
 
-    run_extract(Path(run), family, profile=profile, seed=0, log=lambda m: print(m, file=sys.stderr, flush=True))
+    run_extract(Path(run), family, profile=profile, seed=0, log=stderr_line)
     return family
 
 
@@ -118,14 +126,22 @@ def run_reproduce(plan: ReproducePlan, *, log: Log = print, progress: bool = Tru
     from interventions.workers import run_in_workers
     from training.controls import run_controls
     from training.finetune_pool import finetune_jobs
-    from training.organisms import build_organism
+    from training.organisms import build_organism, organism_is_current
     from training.run_manifest import ensure_run
     from training.transfer import run_transfer
 
     t_all = time.perf_counter()
     ensure_run(plan.run, plan.profile)
     fams = list(plan.families)
-    _stage(plan, "organisms", log, lambda: [build_organism(f, plan.profile, progress=progress, log=log) for f in fams])
+    def organisms() -> None:
+        todo = [f for f in fams if not organism_is_current(f, plan.profile)]  # (builds the corpus, once, here)
+        if len(todo) > 1 and plan.jobs > 1:
+            log(f"building {len(todo)} organisms on {min(plan.jobs, len(todo))} worker processes")
+            run_in_workers(build_family, [(f, plan.profile) for f in todo], plan.jobs)
+        for f in fams:
+            build_organism(f, plan.profile, progress=progress, log=log)
+
+    _stage(plan, "organisms", log, organisms)
 
     def finetunes() -> None:
         work = [(f, "insecure", s) for f in fams for s in plan.seeds]
