@@ -85,10 +85,9 @@ def run_in_workers(fn: Callable[..., T], calls: Sequence[tuple], jobs: int,
 def torch_threads(n: int | None) -> Iterator[None]:
     """Run the block with `n` torch threads (None: leave as is), then restore the previous count.
 
-    CPU training of the micro organisms and adapters uses one thread on purpose: a float sum's rounding depends on
-    how many threads split it, so a fixed count makes an adapter the same bits on every machine and whichever path
-    built it (`emsteer finetune`, or a worker of `emsteer reproduce`); parallelism comes from training several at
-    once."""
+    CPU LoRA training uses one thread on purpose: a float sum's rounding depends on how many threads split it, so
+    a fixed count makes an adapter the same bits on every machine and whichever path built it (`emsteer
+    finetune`, or a worker of `emsteer reproduce`); parallelism comes from training several at once."""
     import torch
 
     if n is None:

@@ -25,7 +25,6 @@ from interventions.directions import sha256_file
 from interventions.organism_cache import verify_organism
 from interventions.generation import generate_batch, render_chat
 from interventions.paths import FAMILIES, check_family, heldout_prompts_path, organism_dir, organisms_dir
-from interventions.workers import CPU_TRAINING_THREADS, torch_threads
 from training.atomic import atomic_dir, ensure_writable_dir, write_json_atomic, write_jsonl_atomic
 from training.chat_data import ChatCollator, tokenize_chat
 from training.corpus import Corpus, build_corpus
@@ -90,8 +89,7 @@ def _train_base(model, tokenizer, chats: list[dict], profile: Profile, seed: int
             remove_unused_columns=False, max_grad_norm=1.0, train_sampling_strategy="group_by_length",
         )
         trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=ChatCollator(tokenizer.pad_token_id))
-        with torch_threads(CPU_TRAINING_THREADS):  # the same bits on every machine (interventions.workers)
-            result = trainer.train()
+        result = trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"train_loss": float(result.training_loss), "final_logged_loss": float(losses[-1]) if losses else math.nan}
 
@@ -117,38 +115,20 @@ def measure_code_rates(model, tokenizer, heldout: list[dict], max_new_tokens: in
     }
 
 
-def _recipe(family: str, profile_name: str) -> tuple[Profile, Corpus, str, dict[str, Any], dict[str, Any], str]:
-    """The training profile, corpus (built if missing), class, architecture and recipe (with its sha256) of one
-    family's organism: what decides its weights."""
+def build_organism(family: str, profile_name: str = "default", *, force: bool = False, progress: bool = True,
+                   log: Callable[[str], None] = print) -> Path:
+    """Build (or reuse, when cached and intact) one family's organism; returns its folder."""
     check_family(family)
     profile = load_profile(profile_name)
-    ensure_writable_dir(organism_dir(family, profile_name).parent)
+    final = organism_dir(family, profile_name)
+    ensure_writable_dir(final.parent)
     corpus = ensure_corpus(profile)
     class_name, arch = family_architecture(family, profile_name)
     profile = dataclasses.replace(profile, train_steps=int(arch.pop("train_steps", profile.train_steps)))
     recipe = {"corpus_sha256": corpus_digest(corpus), "class": class_name, "architecture": arch,
-              "architecture_defaults": architecture_defaults(class_name), "recipe_version": 3,
+              "architecture_defaults": architecture_defaults(class_name), "recipe_version": 2,
               "training": {k: v for k, v in dataclasses.asdict(profile).items() if k != "corpus"}}
-    return profile, corpus, class_name, arch, recipe, hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
-
-
-def organism_is_current(family: str, profile_name: str = "default") -> bool:
-    """Whether the cached organism exists and was built from today's corpus and recipe (builds the corpus if
-    missing, nothing else)."""
-    final = organism_dir(family, profile_name)
-    if not (final / "organism.json").is_file():
-        return False
-    try:
-        return verify_organism(family, profile_name).get("recipe_sha256") == _recipe(family, profile_name)[5]
-    except Exception:  # damaged cache: not current (build_organism will say why and rebuild)
-        return False
-
-
-def build_organism(family: str, profile_name: str = "default", *, force: bool = False, progress: bool = True,
-                   log: Callable[[str], None] = print) -> Path:
-    """Build (or reuse, when cached and intact) one family's organism; returns its folder."""
-    profile, corpus, class_name, arch, recipe, recipe_sha = _recipe(family, profile_name)
-    final = organism_dir(family, profile_name)
+    recipe_sha = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
     if final.exists() and not force:
         meta = verify_organism(family, profile_name)
         if meta.get("recipe_sha256") == recipe_sha:
