@@ -49,6 +49,7 @@ def _cases(reproduce_times: Path | None) -> list[Case]:
     from benchmarks import compute_cases as cc
     from benchmarks import generation_cases as gc
     from benchmarks import inspect_cases as ic
+    from benchmarks import sweep_cases as sc
 
     return [
         Case("hook_overhead", "steer subtract / no intervention (run_batch)", 1.02,
@@ -69,6 +70,8 @@ def _cases(reproduce_times: Path | None) -> list[Case]:
         Case("reproduce_cold_s", "`emsteer reproduce`, default profile, cold cache (seconds)", 900,
              lambda: reproduce_time("reproduce_cold_s", 900, reproduce_times),
              lambda: reproduce_time("reproduce_cold_s", 900, reproduce_times)),
+        Case("sweep_jobs2_vs_jobs1", "emsteer sweep --jobs 2 / --jobs 1 (4 cells, whole commands)", 0.75,
+             lambda: sc.sweep_pool_vs_one_process(2), lambda: sc.sweep_pool_vs_one_process(1, max_tokens=16)),
         Case("steer_vs_hf", "inspect eval, steer/ / hf/ (default flags)", 0.6,
              lambda: ic.steer_vs_hf(1, equal=False), lambda: ic.steer_vs_hf(1, equal=False, n=32)),
         Case("steer_vs_hf_equal", "inspect eval, steer/ / hf/ (--max-connections 64 both)", 0.85,
