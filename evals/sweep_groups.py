@@ -24,7 +24,6 @@ import json
 import os
 import shutil
 import uuid
-from concurrent.futures import FIRST_COMPLETED, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -33,7 +32,7 @@ from evals.grid import Cell
 from evals.sweep import CELLS_FILE, SweepResult, _alpha_of, cell_task, sweep_log_dir
 from interventions.atomic import write_json_atomic
 from interventions.errors import EmsteerError
-from interventions.workers import worker_pool
+from interventions.workers import run_in_workers
 
 __all__ = ["EVAL_SET_ID_FILE", "CellGroup", "group_cells", "staging_dir", "run_group", "prepare_log_dir",
            "finish_groups", "group_summary", "first_line", "run_cells_pool"]
@@ -225,28 +224,20 @@ def run_cells_pool(cells: list[Cell], run: str | Path, profile: str, *, name: st
     groups.sort(key=lambda g: -len(g.cells))
     log(f"sweep {name}: {len(cells)} cells in {len(groups)} groups on {min(jobs, len(groups))} worker processes "
         f"-> {folder}")
-    results: list[dict[str, Any]] = []
     errors: list[str] = []
-    with worker_pool(min(jobs, len(groups))) as pool:
-        pending = {pool.submit(run_group, g, str(run), profile, name, dict(task_args), dict(alphas), "none", max_tasks,
-                               retry_attempts): g for g in groups}
-        try:
-            while pending:
-                done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
-                for fut in done:
-                    group = pending.pop(fut)
-                    try:
-                        out = fut.result()
-                    except EmsteerError:
-                        raise
-                    except Exception as err:  # a worker died or its eval_set raised: the other groups go on
-                        errors.append(f"{group.name}: {first_line(err)}")
-                        log(f"  {group.name}: failed ({errors[-1]})")
-                        continue
-                    results.append(out)
-                    log(group_summary(group, out))
-        except BaseException:
-            for fut in pending:
-                fut.cancel()
-            raise
-    return finish_groups(run, name, folder, eval_set_id, results, errors, log)
+
+    def failed(i: int, err: Exception) -> dict[str, Any]:  # a worker died or its eval_set raised: others go on
+        if isinstance(err, EmsteerError):
+            raise err
+        errors.append(f"{groups[i].name}: {first_line(err)}")
+        log(f"  {groups[i].name}: failed ({errors[-1]})")
+        return {}
+
+    def done(i: int, out: dict[str, Any]) -> None:
+        if out:
+            log(group_summary(groups[i], out))
+
+    calls = [(g, str(run), profile, name, dict(task_args), dict(alphas), "none", max_tasks, retry_attempts)
+             for g in groups]
+    outs = run_in_workers(run_group, calls, jobs, on_done=done, on_error=failed)
+    return finish_groups(run, name, folder, eval_set_id, [o for o in outs if o], errors, log)

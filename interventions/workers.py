@@ -52,28 +52,35 @@ def worker_pool(jobs: int) -> ProcessPoolExecutor:
 
 
 def run_in_workers(fn: Callable[..., T], calls: Sequence[tuple], jobs: int,
-                   on_done: Callable[[int], None] | None = None) -> list[T]:
+                   on_done: Callable[[int, T], None] | None = None,
+                   on_error: Callable[[int, Exception], T] | None = None) -> list[T]:
     """`[fn(*args) for args in calls]`, on `min(jobs, len(calls))` single-thread workers when `jobs` > 1 (else in
-    this process). `fn` must be importable by name (a module-level function). The first failure cancels what has
-    not started and is raised; `on_done(i)` is called as each call `i` finishes."""
-    if jobs <= 1 or len(calls) <= 1:
-        out = []
-        for i, args in enumerate(calls):
-            out.append(fn(*args))
-            if on_done is not None:
-                on_done(i)
-        return out
+    this process). `fn` must be importable by name (a module-level function). A call that raises goes to
+    `on_error(i, err)`, whose return value stands in for its result (it may re-raise); without `on_error` the first
+    failure cancels what has not started and is raised. `on_done(i, result)` is called as each call finishes."""
     results: dict[int, T] = {}
+
+    def finish(i: int, get: Callable[[], T]) -> None:
+        try:
+            results[i] = get()
+        except Exception as err:  # noqa: BLE001 - the caller decides (on_error) or it propagates
+            if on_error is None:
+                raise
+            results[i] = on_error(i, err)
+        if on_done is not None:
+            on_done(i, results[i])
+
+    if jobs <= 1 or len(calls) <= 1:
+        for i, args in enumerate(calls):
+            finish(i, lambda args=args: fn(*args))
+        return [results[i] for i in range(len(calls))]
     with worker_pool(min(jobs, len(calls))) as pool:
         pending = {pool.submit(fn, *args): i for i, args in enumerate(calls)}
         try:
             while pending:
                 done, _ = wait(list(pending), return_when=FIRST_COMPLETED)
                 for fut in done:
-                    i = pending.pop(fut)
-                    results[i] = fut.result()
-                    if on_done is not None:
-                        on_done(i)
+                    finish(pending.pop(fut), fut.result)
         except BaseException:
             for fut in pending:
                 fut.cancel()

@@ -60,7 +60,7 @@ def finetune_jobs(run: Path, jobs_list: Sequence[FinetuneJob], profile: str, *, 
         bar = tqdm(total=len(todo), desc=f"finetune ({min(jobs, len(todo))} workers)", unit="adapter")
     try:
         run_in_workers(_train_one, [(str(run.resolve()), f, d, int(s), profile) for f, d, s in todo], jobs,
-                       on_done=(lambda i: bar.update(1)) if bar is not None else None)
+                       on_done=(lambda i, _: bar.update(1)) if bar is not None else None)
     finally:
         if bar is not None:
             bar.close()

@@ -124,6 +124,7 @@ def run_reproduce(plan: ReproducePlan, *, log: Log = print, progress: bool = Tru
     t_all = time.perf_counter()
     ensure_run(plan.run, plan.profile)
     fams = list(plan.families)
+
     def organisms() -> None:
         # in this process, with every thread: unlike the finetunes, base training of an organism is arithmetic-
         # bound (two organisms side by side on one thread each took 189 s, one after the other on two threads 138 s)
