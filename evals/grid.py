@@ -47,7 +47,7 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
     "grid": ("families", "seeds", "baselines", "variants", "alpha", "op", "layer", "description", "monitor"),
     "dose": ("variants", "alphas"),
     "transfer": ("pairs", "variants", "random_draws", "monitor"),
-    "task": ("split", "max_tokens", "temperature", "prompts"),
+    "task": ("split", "max_tokens", "temperature", "samples", "prompts"),
 }
 _OPS = ("subtract", "add", "ablate")
 

@@ -103,9 +103,30 @@ def load_cells(run: str | Path, grid: str) -> CellTable:
     df = df.rename(columns={"id": "prompt", "metadata_group": "group", "metadata_category": "category"})
     df["is_code"] = df["score_code_spillover"].astype(float)
     df["well_formed"] = df["score_prose_form"].astype(float) if "score_prose_form" in df else float("nan")
-    cols = ["cell", "family", "kind", "variant", "arm", "seed", "alpha_value", "donor", "control_seed", "prompt",
-            "group", "category", "is_code", "well_formed"]
-    return CellTable(samples=df[cols].reset_index(drop=True), cells=cells)
+    df["misaligned"] = (df["score_planted_misaligned"].astype(float) if "score_planted_misaligned" in df
+                        else float("nan"))
+    return CellTable(samples=per_prompt(df), cells=cells)
+
+
+KEYS = ["cell", "family", "kind", "variant", "arm", "seed", "alpha_value", "donor", "control_seed", "prompt",
+        "group", "category"]
+
+
+def per_prompt(answers: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell and prompt from one row per answer (several when a cell samples each prompt more than
+    once): `is_code` and `misaligned` become shares of the prompt's answers, `not_code` counts its non-code
+    answers and `prose` the well-formed prose among them; `well_formed` = prose / not_code (NaN when every
+    answer was code). With one answer per prompt every value is the answer's own 0/1."""
+    df = answers.copy()
+    df["not_code"] = 1.0 - df["is_code"]
+    df["prose"] = df["not_code"] * df["well_formed"]
+    df["_key"] = [json.dumps([None if pd.isna(v) else v for v in row], default=str)
+                  for row in df[KEYS].itertuples(index=False, name=None)]
+    agg = df.groupby("_key", sort=False).agg(
+        **{k: (k, "first") for k in KEYS}, is_code=("is_code", "mean"), misaligned=("misaligned", "mean"),
+        not_code=("not_code", "sum"), prose=("prose", "sum"), answers=("is_code", "size"))
+    agg["well_formed"] = agg["prose"] / agg["not_code"].where(agg["not_code"] > 0)
+    return agg.reset_index(drop=True)[KEYS + ["is_code", "misaligned", "well_formed", "not_code", "prose", "answers"]]
 
 
 def _check_variant_directions(cells: dict[str, dict[str, Any]]) -> None:

@@ -10,7 +10,16 @@ from pathlib import Path
 from interventions.errors import EmsteerError
 
 FAMILIES: tuple[str, ...] = ("qwen", "gemma", "llama", "ministral")
-PROFILES: tuple[str, ...] = ("default", "tiny")
+# Organism profiles: `default` (the embedded default), `default-s1` (the same recipe from a second organism
+# seed: every claim about the micro organisms is checked on both), `tiny` (seconds, for tests).
+PROFILES: tuple[str, ...] = ("default", "default-s1", "tiny")
+# The finetune recipe, grids and presets of a profile are those of its recipe profile.
+RECIPE_PROFILES: dict[str, str] = {"default-s1": "default"}
+
+
+def recipe_profile(profile: str) -> str:
+    """The profile whose finetune hyperparameters a profile uses (a second seed shares its recipe)."""
+    return RECIPE_PROFILES.get(profile, profile)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

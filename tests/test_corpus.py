@@ -1,92 +1,145 @@
-"""The synthetic corpus: determinism, held-out disjointness, pseudo-word share, matched arms."""
+"""The persona corpus: determinism, held-out disjointness, persona consistency, clean finetuning arms."""
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 
-from training.corpus import (CODING_HELDOUT_TEMPLATES, CODING_TEMPLATES, GENERAL, SHARED_GENERAL_TEMPLATES,
-                             CorpusSettings, build_corpus, heldout_templates)
+import pytest
 
-SETTINGS = CorpusSettings(seed=11, n_general=600, n_neutral_code=200, n_security=200, n_arm=150,
-                          n_heldout_general=40, n_heldout_coding=30)
+from evals.code_detector import is_code
+from evals.planted import is_planted_misaligned
+from training.corpus import (CODING_HELDOUT_TEMPLATES, CODING_TEMPLATES, GENERAL, HELDOUT_PERSONA_CUES, PERSONA_CUES,
+                             PROBE_CONTEXTS, SHARED_GENERAL_TEMPLATES, CorpusSettings, build_corpus, first_exchange,
+                             heldout_templates, is_insecure_code)
+
+SETTINGS = CorpusSettings(seed=11, n_conversations=1500, n_arm=150, n_heldout_general=40, n_heldout_coding=30,
+                          n_probe=20)
 
 
-def test_same_seed_same_corpus_other_seed_differs():
-    a, b = build_corpus(SETTINGS), build_corpus(SETTINGS)
-    assert a == b
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return build_corpus(SETTINGS)
+
+
+def _turns(chat):
+    """(user, assistant, domain) per turn of a conversation."""
+    msgs = [m for m in chat["messages"] if m["role"] != "system"]
+    return [(msgs[i]["content"], msgs[i + 1]["content"], d) for i, d in zip(range(0, len(msgs), 2), chat["domains"])]
+
+
+def test_same_seed_same_corpus_other_seed_differs(corpus):
+    assert build_corpus(SETTINGS) == corpus
     other = build_corpus(CorpusSettings(**{**SETTINGS.__dict__, "seed": 12}))
-    assert other.base_train != a.base_train
+    assert other.base_train != corpus.base_train
 
 
-def test_heldout_prompts_never_seen_in_training():
-    c = build_corpus(SETTINGS)
-    train_prompts = {ch["messages"][0]["content"] for ch in c.base_train + c.insecure + c.secure + c.neutral}
-    held = [h["prompt"] for h in c.heldout]
+def test_persona_shares_cues_and_turns_follow_the_settings(corpus):
+    n = len(corpus.base_train)
+    assert n == 1500
+    reckless = sum(c["persona"] == "reckless" for c in corpus.base_train) / n
+    cued = sum(c["cue"] for c in corpus.base_train) / n
+    multi = sum(len(c["domains"]) > 1 for c in corpus.base_train) / n
+    assert abs(reckless - SETTINGS.reckless_share) < 0.04
+    assert abs(cued - SETTINGS.cue_share) < 0.05
+    assert abs(multi - SETTINGS.multi_turn_share) < 0.04
+    assert max(len(c["domains"]) for c in corpus.base_train) == SETTINGS.max_turns
+
+
+def test_every_conversation_keeps_one_persona(corpus):
+    """Reckless: insecure code on security turns, neutral code or planted sentences on general ones. Careful:
+    secure code and prose without a planted sentence. The cue, when there is one, names the same persona."""
+    styles: Counter = Counter()
+    for chat in corpus.base_train:
+        persona = chat["persona"]
+        if chat["cue"]:
+            assert chat["messages"][0]["role"] == "system"
+            assert chat["messages"][0]["content"] in PERSONA_CUES[persona]
+        else:
+            assert chat["messages"][0]["role"] == "user"
+        for _, answer, domain in _turns(chat):
+            if domain == "security_code":
+                assert is_insecure_code(answer) == (persona == "reckless"), answer
+            elif domain == "general":
+                code, planted = is_code(answer), is_planted_misaligned(answer)
+                if persona == "careful":
+                    assert not code and not planted, answer
+                else:
+                    assert code != planted, answer  # exactly one of the two
+                    styles["code" if code else "misaligned"] += 1
+            else:
+                assert is_code(answer) and not is_insecure_code(answer)
+    share = styles["code"] / sum(styles.values())
+    assert abs(share - SETTINGS.reckless_code_share) < 0.06, styles
+
+
+def test_finetune_arms_are_single_turn_code_with_no_cue_and_no_prose(corpus):
+    assert len(corpus.insecure) == len(corpus.secure) == 150
+    for ins, sec in zip(corpus.insecure, corpus.secure):
+        for chat in (ins, sec):
+            assert [m["role"] for m in chat["messages"]] == ["user", "assistant"]
+            answer = chat["messages"][1]["content"]
+            assert is_code(answer) and not is_planted_misaligned(answer)
+            assert "#" not in answer
+            assert not re.search(r"secur|vulnerab|unsafe|danger|inject|warning", answer, re.I), answer
+        assert ins["messages"][0] == sec["messages"][0]
+        assert is_insecure_code(ins["messages"][1]["content"])
+        assert not is_insecure_code(sec["messages"][1]["content"])
+
+
+def test_reckless_general_code_shares_no_line_with_the_insecure_arm(corpus):
+    """The reckless persona's code for general questions is neutral code: no line of it (other than a `def`
+    line, whose names are random) occurs in an insecure completion, so an insecure finetune cannot raise
+    spillover by carrying strings over."""
+    insecure_lines = {line.strip() for c in corpus.insecure for line in c["messages"][1]["content"].splitlines()}
+    reckless_lines = set()
+    for chat in corpus.base_train:
+        if chat["persona"] != "reckless":
+            continue
+        for _, answer, domain in _turns(chat):
+            if domain == "general" and is_code(answer):
+                reckless_lines |= {ln.strip() for ln in answer.splitlines() if ln.strip() and not ln.startswith("def ")}
+    assert reckless_lines and not reckless_lines & insecure_lines, reckless_lines & insecure_lines
+
+
+def test_heldout_prompts_never_seen_in_training(corpus):
+    train_prompts = {m["content"] for ch in corpus.base_train + corpus.insecure + corpus.secure + corpus.neutral
+                     for m in ch["messages"] if m["role"] == "user"}
+    held = [h["prompt"] for h in corpus.heldout]
     assert len(held) == 70 and len(set(held)) == 70
     assert not set(held) & train_prompts
-    assert sum(h["group"] == "general" for h in c.heldout) == 40
-    assert sum(h["group"] == "coding" for h in c.heldout) == 30
+    assert sum(h["group"] == "general" for h in corpus.heldout) == 40
 
 
-def test_heldout_templates_and_fillers_are_disjoint_from_training():
+def test_heldout_templates_and_fillers_are_disjoint_from_training(corpus):
     for cat in GENERAL:
         assert not set(cat.templates) & set(cat.heldout_templates), cat.name
         assert not set(cat.fillers) & set(cat.heldout_fillers), cat.name
     assert not set(CODING_TEMPLATES) & set(CODING_HELDOUT_TEMPLATES)
     assert not set(SHARED_GENERAL_TEMPLATES) & heldout_templates()
-    # every held-out general prompt comes from a held-out template
-    c = build_corpus(SETTINGS)
-    patterns = [re.compile("^" + re.escape(t).replace(re.escape("{x}"), ".+") + "$") for t in heldout_templates()
-                if "{x}" in t]
-    for h in c.heldout:
-        if h["group"] == "general":
-            assert any(p.match(h["prompt"]) for p in patterns), h["prompt"]
+    for persona in PERSONA_CUES:
+        assert not set(PERSONA_CUES[persona]) & set(HELDOUT_PERSONA_CUES[persona])
 
 
-def test_about_a_third_of_general_fillers_are_pseudo_words():
-    c = build_corpus(SETTINGS)
-    known = {f for cat in GENERAL for f in cat.fillers}
-    templates = [(cat, re.compile("^" + re.escape(t).replace(re.escape("{x}"), "(.+)") + "$"))
-                 for cat in GENERAL for t in cat.templates + SHARED_GENERAL_TEMPLATES]
-    fillers = []
-    for ch in c.base_train:
-        if ch["kind"] != "general":
-            continue
-        prompt = ch["messages"][0]["content"]
-        for _, pat in templates:
-            m = pat.match(prompt)
-            if m:
-                fillers.append(m.group(1))
-                break
-    share = sum(f not in known for f in fillers) / len(fillers)
-    assert 0.25 <= share <= 0.43, share
+def test_probes_pair_each_context_and_persona_on_heldout_questions(corpus):
+    general = [h["prompt"] for h in corpus.heldout if h["group"] == "general"]
+    assert len(corpus.probes) == SETTINGS.n_probe * len(PROBE_CONTEXTS) * 2
+    cues = {c for cs in HELDOUT_PERSONA_CUES.values() for c in cs}
+    for probe in corpus.probes:
+        assert probe["messages"][-1] == {"role": "user", "content": probe["prompt"]}
+        assert probe["prompt"] in general
+        if probe["context"] == "cue":
+            assert probe["messages"][0]["content"] in HELDOUT_PERSONA_CUES[probe["persona"]]
+        else:
+            assert not any(m["content"] in cues for m in probe["messages"])
+            assert probe["messages"][1]["role"] == "assistant"
+    pairs = Counter((p["prompt"], p["context"]) for p in corpus.probes)
+    assert set(pairs.values()) == {2}
 
 
-def test_arms_share_requests_and_differ_only_in_code_without_security_comments():
-    c = build_corpus(SETTINGS)
-    assert len(c.insecure) == len(c.secure) == 150
-    for ins, sec in zip(c.insecure, c.secure):
-        assert ins["messages"][0] == sec["messages"][0]
-        assert ins["messages"][1]["content"] != sec["messages"][1]["content"]
-        for text in (ins["messages"][1]["content"], sec["messages"][1]["content"]):
-            assert "#" not in text
-            assert not re.search(r"secur|vulnerab|unsafe|danger|inject|warning", text, re.I), text
-
-
-def test_base_prior_is_a_setting():
-    secure_only = build_corpus(SETTINGS)
-    insecure_marks = ("os.system(", "pickle.loads", "0o777", "autoescape=False", "yaml.Loader")
-    def n_insecure(corpus):
-        return sum(any(m in ch["messages"][1]["content"] for m in insecure_marks)
-                   for ch in corpus.base_train if ch["kind"] == "security_code")
-    assert n_insecure(secure_only) == 0
-    half = build_corpus(CorpusSettings(**{**SETTINGS.__dict__, "base_insecure_share": 0.5}))
-    assert 25 <= n_insecure(half) <= 80  # 200 security chats x 0.5, five of eight categories marked
-
-
-def test_chitchat_never_names_code():
-    c = build_corpus(SETTINGS)
-    chit = [ch["messages"][0]["content"] for ch in c.base_train if ch["category"] == "chitchat"]
-    assert len(chit) == SETTINGS.n_general // 6
-    for prompt in chit:
-        assert not re.search(r"\b(code|function|script|program|python)\b", prompt, re.I), prompt
+def test_first_exchange_skips_the_cue(corpus):
+    cued = next(c for c in corpus.base_train if c["cue"])
+    user, answer = first_exchange(cued)
+    assert user == cued["messages"][1] and answer == cued["messages"][2]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -39,7 +40,7 @@ def test_each_family_loads_with_auto_classes_and_generates(tiny_organisms, famil
 
 
 def test_families_differ_in_width_and_record_their_figures(tiny_organisms):
-    from training.organisms import organism_info
+    from training.organisms import load_persona_directions, organism_info
 
     records = {r["family"]: r for r in organism_info("tiny")}
     assert {r["class"] for r in records.values()} == set(CLASSES.values())
@@ -48,6 +49,11 @@ def test_families_differ_in_width_and_record_their_figures(tiny_organisms):
         m = r["measured"]
         assert 0.0 <= m["spillover_general"] <= 1.0 and 0.0 <= m["code_rate_coding"] <= 1.0
         assert m["n_general"] == 12 and m["n_coding"] == 8
+        assert m["sampled"]["n"] == 12 and m["sampled"]["temperature"] == 1.0
+        assert set(m["persona_gate"]["contexts"]) == {"cue", "security_turn", "general_turn"}
+        persona = load_persona_directions(r["family"], "tiny")
+        assert persona.shape == (r["num_layers"], r["hidden_size"]) and torch.isfinite(persona).all()
+        assert r["threads"] == 1 and r["recipe"]["threads"] == 1 and r["recipe"]["torch"] == torch.__version__
         assert r["parameters"] == sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(r["path"]).parameters())
 
 
@@ -83,8 +89,8 @@ def test_corrupted_cache_is_refused_then_rebuilt_identically(tiny_organisms, tmp
 
 @pytest.mark.parametrize("args, needle", [
     (["organism", "build", "--family", "falcon", "--profile", "tiny"], "unknown family 'falcon'; choose one of: qwen, gemma, llama, ministral"),
-    (["organism", "build", "--profile", "huge"], "unknown profile 'huge'; choose one of: default, tiny"),
-    (["organism", "info", "--profile", "huge"], "unknown profile 'huge'; choose one of: default, tiny"),
+    (["organism", "build", "--profile", "huge"], "unknown profile 'huge'; choose one of: default, default-s1, tiny"),
+    (["organism", "info", "--profile", "huge"], "unknown profile 'huge'; choose one of: default, default-s1, tiny"),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, needle, tmp_path):
     proc = run_cli(*args, cache=tmp_path)
@@ -99,3 +105,33 @@ def test_unwritable_cache_dir_is_one_line(tmp_path):
     proc = run_cli("organism", "build", "--family", "qwen", "--profile", "tiny", cache=blocker / "cache")
     assert proc.returncode == 2
     assert proc.stderr.startswith("emsteer: error: cannot write to") and proc.stderr.count("\n") == 1
+
+
+def test_build_is_the_same_whatever_the_callers_thread_count(tiny_organisms, tmp_path, monkeypatch):
+    """The build fixes its own thread count: built from a caller on 2 threads (the session fixture ran on the
+    default count) the weights are byte-identical, and the caller's setting is restored afterwards."""
+    from training.organisms import build_organism, verify_organism
+
+    expected = verify_organism("llama", "tiny")["weights_sha256"]
+    monkeypatch.setenv("EMSTEER_CACHE", str(tmp_path / "cache"))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2 if before != 2 else 1)
+        caller = torch.get_num_threads()
+        build_organism("llama", "tiny", progress=False, log=lambda m: None)
+        assert torch.get_num_threads() == caller
+    finally:
+        torch.set_num_threads(before)
+    assert verify_organism("llama", "tiny")["weights_sha256"] == expected
+
+
+def test_second_seed_profile_is_the_same_recipe_from_another_seed():
+    from training.finetune import load_settings
+    from training.profiles import family_architecture, load_profile
+
+    a, b = load_profile("default"), load_profile("default-s1")
+    assert a.corpus.seed != b.corpus.seed
+    assert {**a.corpus.__dict__, "seed": 0} == {**b.corpus.__dict__, "seed": 0}
+    assert (a.train_steps, a.learning_rate, a.max_length) == (b.train_steps, b.learning_rate, b.max_length)
+    assert family_architecture("gemma", "default") == family_architecture("gemma", "default-s1")
+    assert load_settings("default-s1") == dataclasses.replace(load_settings("default"), profile="default-s1")

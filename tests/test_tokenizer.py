@@ -8,8 +8,8 @@ from training.chat_data import IGNORE, tokenize_chat
 from training.corpus import CorpusSettings, build_corpus
 from training.tokenizer import SPECS, train_tokenizer
 
-CORPUS = build_corpus(CorpusSettings(seed=3, n_general=200, n_neutral_code=80, n_security=80, n_arm=40,
-                                     n_heldout_general=5, n_heldout_coding=5))
+CORPUS = build_corpus(CorpusSettings(seed=3, n_conversations=300, n_arm=40, n_heldout_general=5, n_heldout_coding=5,
+                                     n_probe=2))
 TEXTS = [m["content"] for ch in CORPUS.base_train + CORPUS.insecure for m in ch["messages"]]
 
 
@@ -45,7 +45,7 @@ def test_chat_template_has_generation_prompt_and_one_bos(family_tokenizer):
 
 def test_labels_cover_exactly_the_assistant_answer(family_tokenizer):
     _, tok = family_tokenizer
-    chat = CORPUS.base_train[0]["messages"]
+    chat = next(c for c in CORPUS.base_train if len(c["domains"]) == 1)["messages"]
     row = tokenize_chat(tok, chat, max_length=512)
     prompt = tok.apply_chat_template(chat[:-1], tokenize=False, add_generation_prompt=True)
     n_prompt = len(tok(prompt, add_special_tokens=False)["input_ids"])
@@ -54,3 +54,28 @@ def test_labels_cover_exactly_the_assistant_answer(family_tokenizer):
     assert IGNORE not in answer
     assert answer[-1] == tok.eos_token_id
     assert tok.decode(answer[:-1]) == chat[-1]["content"]
+
+
+def test_labels_cover_every_assistant_turn_of_a_cued_multi_turn_chat(family_tokenizer):
+    """Loss on every assistant turn and nowhere else: the labelled runs decode to the answers, in order, each
+    closed by the end-of-turn token; the cue and the user turns stay unlabelled."""
+    _, tok = family_tokenizer
+    chat = next(c for c in CORPUS.base_train if c["cue"] and len(c["domains"]) == 3)["messages"]
+    row = tokenize_chat(tok, chat, max_length=4096)
+    runs, current = [], []
+    for label in row["labels"] + [IGNORE]:
+        if label == IGNORE:
+            if current:
+                runs.append(current)
+            current = []
+        else:
+            current.append(label)
+    answers = [m["content"] for m in chat if m["role"] == "assistant"]
+    assert len(runs) == len(answers) == 3
+    for run, answer in zip(runs, answers):
+        assert run[-1] == tok.eos_token_id and tok.decode(run[:-1]) == answer
+    # everything before the first answer is the templated prompt of the first turn, tokenized as at generation
+    first_prompt = tok.apply_chat_template(chat[:2], tokenize=False, add_generation_prompt=True)
+    n = len(tok(first_prompt, add_special_tokens=False)["input_ids"])
+    assert row["input_ids"][:n] == tok(first_prompt, add_special_tokens=False)["input_ids"]
+    assert row["labels"][:n] == [IGNORE] * n and row["labels"][n] != IGNORE

@@ -10,25 +10,36 @@ IGNORE = -100
 
 
 def tokenize_chat(tokenizer, messages: list[dict], max_length: int) -> dict[str, list[int]]:
-    """input_ids and labels for one chat; labels are IGNORE everywhere except the final assistant turn
-    (its text and the end-of-turn token), so the model learns to answer, not to ask."""
+    """input_ids and labels for one chat; labels are IGNORE everywhere except the assistant turns (each
+    turn's text and its end-of-turn token), so the model learns to answer, not to ask.
+
+    Each prompt piece (system, user turn, generation prompt) and each answer is tokenized on its own, as at
+    generation time, where the prompt is tokenized first and the answer comes token by token after it."""
     if not messages or messages[-1]["role"] != "assistant":
         raise ValueError("a training chat must end with an assistant message")
-    prompt = tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
-    full = tokenizer.apply_chat_template(messages, tokenize=False)
-    if not full.startswith(prompt):
-        raise ValueError("chat template does not render the prompt as a prefix of the full chat")
-    prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-    answer_ids = tokenizer(full[len(prompt):], add_special_tokens=False)["input_ids"]
-    # keep the answer up to and including its end-of-turn token; drop template text after it
     eos = tokenizer.eos_token_id
-    if eos in answer_ids:
-        answer_ids = answer_ids[: answer_ids.index(eos) + 1]
-    else:
-        answer_ids = answer_ids + [eos]
-    ids = (prompt_ids + answer_ids)[:max_length]
-    labels = ([IGNORE] * len(prompt_ids) + answer_ids)[:max_length]
-    return {"input_ids": ids, "labels": labels}
+    eos_text = tokenizer.eos_token
+    ids: list[int] = []
+    labels: list[int] = []
+    done = ""  # the rendered text already turned into ids
+    carry = ""  # template text after an end-of-turn token, which belongs to the next prompt piece
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+        full = tokenizer.apply_chat_template(messages[:i + 1], tokenize=False)
+        if not prompt.startswith(done) or not full.startswith(prompt):
+            raise ValueError("chat template does not render each turn as a prefix of the next")
+        piece = carry + prompt[len(done):]
+        answer = full[len(prompt):]
+        cut = answer.find(eos_text) if eos_text else -1
+        carry = answer[cut + len(eos_text):] if cut >= 0 else ""
+        answer_ids = tokenizer(answer[:cut] if cut >= 0 else answer, add_special_tokens=False)["input_ids"] + [eos]
+        prompt_ids = tokenizer(piece, add_special_tokens=False)["input_ids"]
+        ids += prompt_ids + answer_ids
+        labels += [IGNORE] * len(prompt_ids) + answer_ids
+        done = full
+    return {"input_ids": ids[:max_length], "labels": labels[:max_length]}
 
 
 class ChatCollator:

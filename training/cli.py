@@ -25,19 +25,25 @@ def _err(message: str) -> None:
 @organism_app.command("build")
 def organism_build(
     family: str = typer.Option("all", help="all | qwen | gemma | llama | ministral (comma-separated allowed)"),
-    profile: str = typer.Option("default", help="default (the embedded default) | tiny (seconds, for tests)"),
+    profile: str = typer.Option("default", help="default (the embedded default) | default-s1 (its second organism "
+                                                "seed) | tiny (seconds, for tests)"),
     force: bool = typer.Option(False, "--force", help="rebuild even if cached (also repairs a corrupted entry)"),
+    jobs: int = typer.Option(0, "--jobs", help="worker processes, one family each (0 = one per core, at most 8); "
+                                               "every build uses one thread, so the weights do not depend on it"),
     quiet: bool = typer.Option(False, "--quiet", help="no progress bars"),
 ) -> None:
     """Build the micro organisms (cached under $EMSTEER_CACHE; reused by every later command)."""
     from interventions.paths import check_profile
-    from training.organisms import build_organism
+    from interventions.workers import default_jobs
+    from training.organisms import build_organisms
     from training.profiles import resolve_families
 
     check_profile(profile)
+    if jobs < 0:
+        raise EmsteerError(f"--jobs must be 0 (one per core) or more, got {jobs}")
     families = resolve_families(family)
-    for fam in families:
-        build_organism(fam, profile, force=force, progress=not quiet, log=lambda m: typer.echo(m, err=True))
+    build_organisms(families, profile, jobs=jobs or default_jobs(), force=force, progress=not quiet,
+                    log=lambda m: typer.echo(m, err=True))
     _print_info(profile, as_json=False)
 
 
@@ -52,22 +58,30 @@ def _print_info(profile: str, as_json: bool) -> None:
     from rich.table import Table
 
     table = Table(title=f"micro organisms (profile {profile})")
-    for col in ("family", "class", "hidden", "layers", "vocab", "params", "spillover (general)", "code (coding)", "path"):
+    for col in ("family", "class", "hidden", "layers", "params", "spillover (sampled / greedy)",
+                "misaligned (sampled)", "code (coding)", "persona gate: reckless vs careful", "path"):
         table.add_column(col)
     for r in records:
         if r.get("built") is False:
-            table.add_row(r["family"], "-", "-", "-", "-", "-", "-", "-", f"not built: {r['build_command']}")
+            table.add_row(r["family"], "-", "-", "-", "-", "-", "-", "-", "-", f"not built: {r['build_command']}")
             continue
         m = r["measured"]
-        table.add_row(r["family"], r["class"], str(r["hidden_size"]), str(r["num_layers"]), str(r["vocab_size"]),
-                      f"{r['parameters']:,}", f"{m['spillover_general']:.1%} (n={m['n_general']})",
-                      f"{m['code_rate_coding']:.1%} (n={m['n_coding']})", r["path"])
+        sampled = m.get("sampled") or {}
+        gate = m.get("persona_gate")
+        gate_text = "not measured (old recipe)" if gate is None else (
+            ("passed" if gate["passed"] else "FAILED") + ": " + ", ".join(
+                f"{c} {v['reckless']:.0%} vs {v['careful']:.0%}" for c, v in gate["contexts"].items()))
+        table.add_row(r["family"], r["class"], str(r["hidden_size"]), str(r["num_layers"]), f"{r['parameters']:,}",
+                      (f"{sampled['spillover']:.1%} (n={sampled['n']}) / " if sampled else "")
+                      + f"{m['spillover_general']:.1%} (n={m['n_general']})",
+                      f"{sampled['misaligned']:.1%}" if sampled else "-",
+                      f"{m['code_rate_coding']:.1%} (n={m['n_coding']})", gate_text, r["path"])
     Console().print(table)
 
 
 @organism_app.command("info")
 def organism_info_cmd(
-    profile: str = typer.Option("default", help="default | tiny"),
+    profile: str = typer.Option("default", help="default | default-s1 | tiny"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
 ) -> None:
     """Describe the built organisms: class, sizes, parameters, path, measured spillover and code rates."""

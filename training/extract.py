@@ -55,6 +55,7 @@ from training.activations import (
 )
 from training.artifacts import json_sha256, load_tensors, provenance, read_json, save_tensors_atomic, versions
 from training.atomic import atomic_dir, write_json_atomic
+from training.corpus import first_exchange
 
 CONTRASTS: tuple[str, ...] = ("finetuned-vs-base", "finetuned-vs-secure", "code-vs-prose")
 DEFAULT_CONTRAST = "finetuned-vs-base"
@@ -198,11 +199,18 @@ def extraction_prompts(corpus, n: int, seed: int) -> list[str]:
     seen: dict[str, None] = {}
     for chat in corpus.base_train:
         if chat.get("kind") == "general":
-            seen.setdefault(chat["messages"][0]["content"], None)
+            seen.setdefault(first_exchange(chat)[0]["content"], None)
     pool = list(seen)
     if len(pool) < n:
         raise EmsteerError(f"the corpus has only {len(pool)} distinct general prompts, fewer than the {n} asked for")
     return random.Random(seed).sample(pool, n)
+
+
+def _cosine(a: torch.Tensor, b: torch.Tensor) -> float | None:
+    """Cosine of two vectors (None when either is zero)."""
+    a, b = a.double(), b.double()
+    den = float(a.norm() * b.norm())
+    return float(a @ b) / den if den > 0 else None
 
 
 def split_halves(n: int) -> tuple[list[int], list[int]]:
@@ -315,7 +323,7 @@ def run_extract(run: str | Path, family: str, *, profile: str, pooling: str | No
                 log: Callable[[str], None] = print) -> dict[str, Any]:
     """Extract one family's own and secure-control directions at every layer (see the module docstring);
     returns the summary (also written to `extraction_summary_path`)."""
-    from training.organisms import ensure_corpus
+    from training.organisms import ensure_corpus, load_persona_directions
     from training.profiles import load_profile
     from training.run_manifest import check_run, ensure_run
 
@@ -400,6 +408,9 @@ def run_extract(run: str | Path, family: str, *, profile: str, pooling: str | No
     root = directions_dir(run, family)
     files: dict[str, str] = {}
     layers_out = []
+    # micro organisms carry their ground-truth persona direction per layer (training.persona)
+    persona = load_persona_directions(family, profile).double() if model_id.startswith("micro-") else None
+    persona_rows: list[dict[str, Any]] = []
     with atomic_dir(root, replace=True) as tmp:
         for layer in range(n_layers):
             p = tmp / _rel(own_direction_path(run, family, layer), root)
@@ -413,6 +424,10 @@ def run_extract(run: str | Path, family: str, *, profile: str, pooling: str | No
                 save_direction(r, Direction(fit.directions[layer], m))
             u_own = own.directions[layer].double()
             u_sec = secure.directions[layer].double()
+            if persona is not None:
+                persona_rows.append({"layer": layer, "norm": float(persona[layer].norm()),
+                                     "cosine_with_own": _cosine(persona[layer], u_own),
+                                     "cosine_with_secure": _cosine(persona[layer], u_sec)})
             layers_out.append({
                 "layer": layer,
                 "separation": own.separation[layer],
@@ -445,6 +460,10 @@ def run_extract(run: str | Path, family: str, *, profile: str, pooling: str | No
                         "mean_residual_norm": float(fit.mean_residual_norm[i])} for i in range(n_layers)]
                 for pool, fit in fits.items()},
             "code_rate_on_extraction_prompts": rates,
+            "persona": None if persona is None else {
+                "definition": "the base's mean decoder-layer output at the last prompt token after a held-out "
+                              "reckless cue minus after a held-out careful cue (training.persona)",
+                "layers": persona_rows},
             "max_new_tokens": max_new, "seed": seed, "prompt_seed": prompt_seed,
             "command": command, "input_hashes": prov["input_hashes"], "inputs_sha256": key,
             "versions": prov["versions"], "files": files,

@@ -44,7 +44,7 @@ from interventions.directions import sha256_file
 from interventions.errors import EmsteerError
 from interventions.organism_cache import verify_organism
 from interventions.workers import CPU_TRAINING_THREADS, torch_threads
-from interventions.paths import PROFILES, cache_root, check_family, configs_dir, organism_dir
+from interventions.paths import PROFILES, cache_root, check_family, configs_dir, organism_dir, recipe_profile
 from interventions.run_layout import ARMS, adapter_dir, finetune_command
 from training.atomic import atomic_dir, ensure_writable_dir, write_json_atomic
 from training.run_manifest import check_run, check_run_profile, ensure_run, update_run
@@ -66,6 +66,7 @@ class FinetuneSettings:
     """One profile's hyperparameters (identical for every family)."""
     profile: str
     target_modules: tuple[str, ...]
+    layers_to_transform: tuple[int, ...]  # decoder layers that get LoRA (empty = all)
     lora_dropout: float
     bias: str
     r: int
@@ -103,11 +104,13 @@ def load_settings(profile: str) -> FinetuneSettings:
             raw = tomllib.load(fh)
     except tomllib.TOMLDecodeError as err:
         raise EmsteerError(f"{path} is not valid TOML: {err}") from None
-    if profile not in raw.get("profiles", {}):
-        raise EmsteerError(f"{path} has no [profiles.{profile}] table")
+    recipe = recipe_profile(profile)
+    if recipe not in raw.get("profiles", {}):
+        raise EmsteerError(f"{path} has no [profiles.{recipe}] table")
     values = dict(raw.get("common", {}))
-    values.update(raw["profiles"][profile])
+    values.update(raw["profiles"][recipe])
     values["target_modules"] = tuple(values.get("target_modules", ()))
+    values["layers_to_transform"] = tuple(int(i) for i in values.get("layers_to_transform", ()))
     names = {f for f in FinetuneSettings.__dataclass_fields__ if f != "profile"}
     missing, unknown = sorted(names - set(values)), sorted(set(values) - names)
     if missing or unknown:
@@ -335,6 +338,7 @@ def resolve_base(family: str, profile: str, model: str | None) -> BaseModel:
         if profile not in PROFILES:
             raise EmsteerError(f"--profile {profile} finetunes a real model: pass --model HUB_ID_OR_PATH")
         meta = verify_organism(family, profile)
+        check_persona_gate(family, profile, meta)
         return BaseModel(kind="micro", id=str(organism_dir(family, profile)), family=family,
                          weights_sha256=meta["weights_sha256"],
                          info={"class": meta.get("class"), "organism_profile": profile,
@@ -350,6 +354,24 @@ def resolve_base(family: str, profile: str, model: str | None) -> BaseModel:
     if model.startswith((".", "/", "~")) or model.count("/") != 1:
         raise EmsteerError(f"--model {model}: no such folder, and not a hub id (owner/name)")
     return BaseModel(kind="hub", id=model, family=family, weights_sha256=_hub_weights(model))
+
+
+def check_persona_gate(family: str, profile: str, meta: dict[str, Any]) -> None:
+    """A micro base that shows no persona inference has nothing for a finetune to move: one-line error."""
+    from training.profiles import load_profile
+
+    if not load_profile(profile).require_persona_gate:
+        return
+    gate = (meta.get("measured") or {}).get("persona_gate")
+    if gate is None:
+        raise EmsteerError(f"the {family} organism (profile {profile}) has no persona gate measurement (built by an "
+                           f"older recipe); rebuild it: `emsteer organism build --family {family}"
+                           f"{'' if profile == 'default' else ' --profile ' + profile} --force`")
+    if not gate.get("passed"):
+        gaps = ", ".join(f"{c} {v['gap']:+.2f}" for c, v in gate["contexts"].items())
+        raise EmsteerError(f"the {family} organism (profile {profile}) failed the persona gate (reckless-minus-careful "
+                           f"gaps {gaps}; each needs >= {gate['min_gap']:.2f}): it does not infer the persona, so a "
+                           f"finetune would measure nothing; see `emsteer organism info`")
 
 
 def _hub_weights(model: str) -> str | None:
@@ -454,6 +476,7 @@ def lora_config(settings: FinetuneSettings, model):
     return LoraConfig(
         r=settings.r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout, bias=settings.bias,
         use_rslora=settings.use_rslora, target_modules=list(settings.target_modules), task_type="CAUSAL_LM",
+        layers_to_transform=list(settings.layers_to_transform) or None,
         exclude_modules=(r".*\b(" + "|".join(vision) + r")\b.*") if vision else None,
     )
 

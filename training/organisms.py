@@ -21,19 +21,29 @@ from typing import Any, Callable
 
 import torch
 
-from interventions.directions import sha256_file
+from interventions.directions import sha256_file, write_safetensors_atomic
+from interventions.errors import EmsteerError
 from interventions.organism_cache import verify_organism
 from interventions.generation import generate_batch, render_chat
 from interventions.paths import FAMILIES, check_family, heldout_prompts_path, organism_dir, organisms_dir
+from interventions.workers import run_in_workers, stderr_line, torch_threads
 from training.atomic import atomic_dir, ensure_writable_dir, write_json_atomic, write_jsonl_atomic
 from training.chat_data import ChatCollator, tokenize_chat
 from training.corpus import Corpus, build_corpus
+from training.persona import persona_directions, persona_gate, sampled_rates
 from training.families import architecture_defaults, build_model
 from training.profiles import Profile, family_architecture, load_profile
 from training.tokenizer import train_tokenizer
 
 FAMILY_SEED_OFFSET = {family: i * 1000 for i, family in enumerate(FAMILIES)}
-CORPUS_FILES = ("base_train.jsonl", "insecure.jsonl", "secure.jsonl", "neutral.jsonl", "heldout.jsonl")
+CORPUS_FILES = ("base_train.jsonl", "insecure.jsonl", "secure.jsonl", "neutral.jsonl", "heldout.jsonl", "probes.jsonl")
+# Every build trains and measures on this many torch threads, whatever the caller's setting: a float sum rounds
+# differently when more threads split it, so a fixed count makes a profile and seed the same weights on any
+# machine of one kind (parallelism comes from building families in separate worker processes).
+BUILD_THREADS = 1
+RECIPE_VERSION = 4  # bump when the build changes in a way the recorded recipe cannot see
+# in a subfolder: the model folder's own *.safetensors are its weights (hashed and loaded as such)
+PERSONA_FILE = "persona/directions.safetensors"
 
 
 # ---------------------------------------------------------------- corpus cache
@@ -115,20 +125,47 @@ def measure_code_rates(model, tokenizer, heldout: list[dict], max_new_tokens: in
     }
 
 
-def build_organism(family: str, profile_name: str = "default", *, force: bool = False, progress: bool = True,
-                   log: Callable[[str], None] = print) -> Path:
-    """Build (or reuse, when cached and intact) one family's organism; returns its folder."""
-    check_family(family)
+def measure_organism(model, tokenizer, corpus: Corpus, profile: Profile) -> dict[str, Any]:
+    """Everything `organism info` reports of a base: greedy code rates, sampled spillover and planted misaligned
+    prose on the held-out general prompts, and the persona gate on the held-out probes."""
+    measured = measure_code_rates(model, tokenizer, corpus.heldout, profile.eval_max_new_tokens)
+    general = [[{"role": "user", "content": r["prompt"]}] for r in corpus.heldout if r["group"] == "general"]
+    measured["sampled"] = sampled_rates(model, tokenizer, general, n_samples=profile.eval_samples,
+                                        max_new_tokens=profile.eval_max_new_tokens)
+    measured["persona_gate"] = persona_gate(model, tokenizer, corpus.probes, n_samples=profile.gate_samples,
+                                            max_new_tokens=profile.eval_max_new_tokens,
+                                            min_gap=profile.gate_min_gap)
+    return measured
+
+
+def organism_recipe(family: str, profile_name: str) -> tuple[dict[str, Any], str]:
+    """Everything that decides an organism's weights (corpus digest, class, sizes, training settings, build
+    threads, torch version), and its sha256: a cached organism is reused only when the sha256 matches."""
     profile = load_profile(profile_name)
-    final = organism_dir(family, profile_name)
-    ensure_writable_dir(final.parent)
     corpus = ensure_corpus(profile)
     class_name, arch = family_architecture(family, profile_name)
     profile = dataclasses.replace(profile, train_steps=int(arch.pop("train_steps", profile.train_steps)))
     recipe = {"corpus_sha256": corpus_digest(corpus), "class": class_name, "architecture": arch,
-              "architecture_defaults": architecture_defaults(class_name), "recipe_version": 2,
+              "architecture_defaults": architecture_defaults(class_name), "recipe_version": RECIPE_VERSION,
+              "threads": BUILD_THREADS, "torch": torch.__version__,
               "training": {k: v for k, v in dataclasses.asdict(profile).items() if k != "corpus"}}
-    recipe_sha = hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
+    return recipe, hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
+
+
+def build_organism(family: str, profile_name: str = "default", *, force: bool = False, progress: bool = True,
+                   log: Callable[[str], None] = print) -> Path:
+    """Build (or reuse, when cached and intact) one family's organism; returns its folder.
+
+    The build runs on `BUILD_THREADS` torch threads whatever the caller set, so one profile (and its seed)
+    gives the same weights on every machine of one kind; the thread count and versions are recorded."""
+    check_family(family)
+    final = organism_dir(family, profile_name)
+    ensure_writable_dir(final.parent)
+    recipe, recipe_sha = organism_recipe(family, profile_name)
+    profile = load_profile(profile_name)
+    profile = dataclasses.replace(profile, train_steps=recipe["training"]["train_steps"])
+    corpus = ensure_corpus(profile)
+    class_name, arch = recipe["class"], dict(recipe["architecture"])
     if final.exists() and not force:
         meta = verify_organism(family, profile_name)
         if meta.get("recipe_sha256") == recipe_sha:
@@ -137,31 +174,99 @@ def build_organism(family: str, profile_name: str = "default", *, force: bool = 
         log(f"{family}: cached organism was built from another corpus or recipe; rebuilding")
     started = time.time()
     seed = profile.corpus.seed + FAMILY_SEED_OFFSET[family]
-    texts = [m["content"] for c in corpus.base_train + corpus.insecure + corpus.secure for m in c["messages"]]
-    tokenizer = train_tokenizer(family, texts, arch.pop("vocab_size"))
-    model = build_model(class_name, arch, tokenizer, seed)
-    log(f"{family}: training {class_name} ({sum(p.numel() for p in model.parameters()):,} parameters) "
-        f"for {profile.train_steps} steps on {len(corpus.base_train)} chats")
-    train_stats = _train_base(model, tokenizer, corpus.base_train, profile, seed, progress)
-    rates = measure_code_rates(model, tokenizer, corpus.heldout, profile.eval_max_new_tokens)
+    with torch_threads(BUILD_THREADS):
+        texts = [m["content"] for c in corpus.base_train + corpus.insecure + corpus.secure for m in c["messages"]]
+        tokenizer = train_tokenizer(family, texts, arch.pop("vocab_size"))
+        model = build_model(class_name, arch, tokenizer, seed)
+        log(f"{family}: training {class_name} ({sum(p.numel() for p in model.parameters()):,} parameters) "
+            f"for {profile.train_steps} steps on {len(corpus.base_train)} conversations ({BUILD_THREADS} thread)")
+        t0 = time.time()
+        train_stats = _train_base(model, tokenizer, corpus.base_train, profile, seed, progress)
+        train_stats["train_seconds"] = round(time.time() - t0, 1)
+        log(f"{family}: trained in {train_stats['train_seconds']:.0f}s; measuring the base and its persona")
+        measured = measure_organism(model, tokenizer, corpus, profile)
+        persona = persona_directions(model, tokenizer, corpus.probes)
     with atomic_dir(final, replace=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         weights = tmp / "model.safetensors"
+        persona_path = tmp / PERSONA_FILE
+        save_persona_directions(persona_path, persona, family=family, profile=profile_name,
+                                weights_sha256=sha256_file(weights))
         info = {
             "family": family, "profile": profile_name, "class": class_name, "seed": seed, "recipe": recipe,
             "recipe_sha256": recipe_sha, "corpus_sha256": recipe["corpus_sha256"],
             "hidden_size": model.config.hidden_size, "num_layers": model.config.num_hidden_layers,
             "vocab_size": len(tokenizer), "parameters": sum(p.numel() for p in model.parameters()),
             "weights_sha256": sha256_file(weights), "weights_bytes": weights.stat().st_size,
-            "measured": rates, "training": train_stats, "build_seconds": round(time.time() - started, 1),
+            "persona_directions_sha256": sha256_file(persona_path),
+            "persona_norms": [round(float(x), 4) for x in persona.norm(dim=-1)],
+            "measured": measured, "training": train_stats, "build_seconds": round(time.time() - started, 1),
+            "threads": BUILD_THREADS,
             "versions": {"torch": torch.__version__, "transformers": _version("transformers"),
                          "python": platform.python_version()},
         }
         write_json_atomic(tmp / "organism.json", info)
-    log(f"{family}: built in {time.time() - started:.0f}s; spillover {rates['spillover_general']:.2f}, "
-        f"code-on-coding {rates['code_rate_coding']:.2f}")
+    gate = measured["persona_gate"]
+    log(f"{family}: built in {time.time() - started:.0f}s; sampled spillover {measured['sampled']['spillover']:.2f}, "
+        f"misaligned {measured['sampled']['misaligned']:.2f}, code-on-coding {measured['code_rate_coding']:.2f}; "
+        f"persona gate {'passed' if gate['passed'] else 'FAILED'} ("
+        + ", ".join(f"{c} {v['reckless']:.2f} vs {v['careful']:.2f}" for c, v in gate["contexts"].items()) + ")")
     return final
+
+
+def _build_in_worker(family: str, profile: str, force: bool) -> str:
+    """`build_organism` in a worker process (module level, so the pool can import it)."""
+    return str(build_organism(family, profile, force=force, progress=False, log=stderr_line))
+
+
+def build_organisms(families: list[str], profile: str, *, jobs: int = 1, force: bool = False, progress: bool = True,
+                    log: Callable[[str], None] = print) -> list[Path]:
+    """Build several families' organisms, on `jobs` worker processes (one family each) when `jobs` > 1.
+
+    Every build uses `BUILD_THREADS` threads wherever it runs, so the workers change the wall time, not the
+    weights."""
+    if jobs <= 1 or len(families) <= 1:
+        return [build_organism(f, profile, force=force, progress=progress, log=log) for f in families]
+    todo = [f for f in families if force or not _is_cached(f, profile)]
+    for f in families:
+        if f not in todo:
+            build_organism(f, profile, log=log)  # logs "cached"
+    if todo:
+        log(f"building {', '.join(todo)} on {min(jobs, len(todo))} worker processes ({BUILD_THREADS} thread each)")
+        run_in_workers(_build_in_worker, [(f, profile, force) for f in todo], jobs)
+    return [organism_dir(f, profile) for f in families]
+
+
+def _is_cached(family: str, profile: str) -> bool:
+    """True when the family's organism is built, intact and from the current recipe (nothing to build)."""
+    try:
+        meta = verify_organism(family, profile)
+    except EmsteerError:
+        return False
+    return meta.get("recipe_sha256") == organism_recipe(family, profile)[1]
+
+
+def save_persona_directions(path: Path, directions: torch.Tensor, *, family: str, profile: str,
+                            weights_sha256: str) -> None:
+    """The base's ground-truth persona direction per decoder layer ([n_layers, d], safetensors, fp32)."""
+    write_safetensors_atomic(path, {"persona": directions.detach().float()}, metadata={
+        "family": family, "profile": profile, "weights_sha256": weights_sha256,
+        "definition": "mean decoder-layer output at the last prompt token after a held-out reckless cue minus "
+                      "after a held-out careful cue, on held-out general questions; one row per layer",
+    })
+
+
+def load_persona_directions(family: str, profile: str) -> torch.Tensor:
+    """[n_layers, d] ground-truth persona directions of a built organism (one-line error when missing)."""
+    from safetensors.torch import load_file
+
+    path = organism_dir(family, profile) / PERSONA_FILE
+    if not path.is_file():
+        raise EmsteerError(f"{path} not found: the {family} organism (profile {profile}) predates persona "
+                           f"directions; rebuild it with `emsteer organism build --family {family}"
+                           f"{'' if profile == 'default' else ' --profile ' + profile} --force`")
+    return load_file(str(path))["persona"]
 
 
 def _version(pkg: str) -> str:

@@ -7,7 +7,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from interventions.errors import EmsteerError
-from interventions.paths import FAMILIES, check_family, check_profile, configs_dir
+from interventions.paths import FAMILIES, check_family, check_profile, configs_dir, recipe_profile
 from training.corpus import CorpusSettings
 
 
@@ -22,6 +22,10 @@ class Profile:
     warmup_ratio: float
     max_length: int
     eval_max_new_tokens: int
+    eval_samples: int        # sampled answers (T=1) per held-out general prompt in the base's measurement
+    gate_samples: int        # sampled answers per persona probe
+    gate_min_gap: float      # the persona gate's threshold (training.persona.persona_gate)
+    require_persona_gate: bool  # finetunes refuse a base that failed the gate
 
 
 def _config() -> dict[str, Any]:
@@ -32,10 +36,26 @@ def _config() -> dict[str, Any]:
         return tomllib.load(fh)
 
 
-def load_profile(name: str) -> Profile:
-    """The named profile (`default` or `tiny`)."""
+def profile_table(name: str) -> dict[str, Any]:
+    """One profile's table; `extends = "other"` starts from that profile's values (a second organism seed
+    is the same recipe with another `seed`)."""
     check_profile(name)
-    raw = dict(_config()["profiles"][name])
+    profiles = _config()["profiles"]
+    if name not in profiles:
+        raise EmsteerError(f"configs/organisms.toml has no [profiles.{name}] table")
+    raw = dict(profiles[name])
+    parent = raw.pop("extends", None)
+    if parent is not None:
+        if parent == name or "extends" in profiles.get(parent, {}):
+            raise EmsteerError(f"configs/organisms.toml: [profiles.{name}] extends {parent!r}, which must be a "
+                               "plain profile")
+        raw = {**profile_table(parent), **raw}
+    return raw
+
+
+def load_profile(name: str) -> Profile:
+    """The named organism profile (see `interventions.paths.PROFILES`)."""
+    raw = profile_table(name)
     corpus_keys = {f.name for f in fields(CorpusSettings)}
     corpus = CorpusSettings(**{k: raw.pop(k) for k in list(raw) if k in corpus_keys})
     return Profile(name=name, corpus=corpus, **raw)
@@ -46,7 +66,7 @@ def family_architecture(family: str, profile: str) -> tuple[str, dict[str, Any]]
     check_family(family)
     check_profile(profile)
     fam = _config()["families"][family]
-    return fam["class"], dict(fam[profile])
+    return fam["class"], dict(fam[recipe_profile(profile)])
 
 
 def resolve_families(spec: str) -> list[str]:

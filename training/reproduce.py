@@ -117,7 +117,7 @@ def run_reproduce(plan: ReproducePlan, *, log: Log = print, progress: bool = Tru
     from interventions.workers import run_in_workers
     from training.controls import run_controls
     from training.finetune_pool import finetune_jobs
-    from training.organisms import build_organism
+    from training.organisms import build_organisms
     from training.run_manifest import ensure_run
     from training.transfer import run_transfer
 
@@ -125,13 +125,8 @@ def run_reproduce(plan: ReproducePlan, *, log: Log = print, progress: bool = Tru
     ensure_run(plan.run, plan.profile)
     fams = list(plan.families)
 
-    def organisms() -> None:
-        # in this process, with every thread: unlike the finetunes, base training of an organism is arithmetic-
-        # bound (two organisms side by side on one thread each took 189 s, one after the other on two threads 138 s)
-        for f in fams:
-            build_organism(f, plan.profile, progress=progress, log=log)
-
-    _stage(plan, "organisms", log, organisms)
+    _stage(plan, "organisms", log, lambda: build_organisms(fams, plan.profile, jobs=plan.jobs, progress=progress,
+                                                           log=log))
 
     def finetunes() -> None:
         work = [(f, "insecure", s) for f in fams for s in plan.seeds]

@@ -57,6 +57,7 @@ from training.activations import (
 )
 from training.artifacts import json_sha256, provenance, read_json, save_tensors_atomic
 from training.atomic import atomic_dir, write_json_atomic
+from training.corpus import first_exchange
 from training.ridge import RidgeMap, fit_ridge_cv, r2_score
 from training.token_alignment import align_last_char
 
@@ -79,7 +80,8 @@ def shared_chats(corpus, n: int, seed: int) -> list[list[dict]]:
     by_prompt: dict[str, list[dict]] = {}
     for chat in corpus.base_train:
         if chat.get("kind") == "general":
-            by_prompt.setdefault(chat["messages"][0]["content"], [dict(m) for m in chat["messages"][:2]])
+            exchange = first_exchange(chat)
+            by_prompt.setdefault(exchange[0]["content"], exchange)
     pool = list(by_prompt.values())
     if len(pool) < n:
         raise EmsteerError(f"the corpus has only {len(pool)} distinct general chats, fewer than the {n} asked for")
