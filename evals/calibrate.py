@@ -80,16 +80,19 @@ Runner = Callable[..., SweepResult]  # (cells, *, name, task_args, alphas) -> Sw
 
 
 def calibrate_families(run: str | Path, families: list[str] | tuple[str, ...], profile: str, *, seed: int = 0,
-                       ladder: tuple[float, ...] = LADDER, layer: int = -1, op: str = "subtract", max_tokens: int = 64,
+                       ladder: tuple[float, ...] = LADDER, layer: int = -1, op: str = "subtract",
+                       task: dict[str, Any] | None = None,
                        share: float = SHARE, coherence_tolerance: float = COHERENCE_TOLERANCE,
                        runner: Runner | None = None, display: str = "rich",
                        log: Callable[[str], None] = print) -> dict[str, dict[str, Any]]:
     """Run every family's ladder on the calibration split in one sweep (`runner`, default: this process), then write
-    `RUN/calibration/<family>.json` for each; return their contents by family."""
+    `RUN/calibration/<family>.json` for each; return their contents by family. `task`: the grid's spillover-task
+    arguments (max_tokens, temperature, samples), so alpha is calibrated under the sweep's own decoding."""
     t0 = time.perf_counter()
     per_family = {f: calibration_cells(f, seed=seed, ladder=ladder, layer=layer, op=op) for f in families}
     cells = [c for unsteered, steps in per_family.values() for c in (unsteered, *steps)]
-    task_args = {"split": "calibration", "max_tokens": max_tokens}
+    task_args = {"max_tokens": 64, **{k: v for k, v in (task or {}).items() if k != "split"},
+                 "split": "calibration"}
     if runner is None:
         result = run_cells(cells, run, profile, name="calibration", task_args=task_args, alphas={}, display=display,
                            log=log)
@@ -110,7 +113,7 @@ def calibrate_families(run: str | Path, families: list[str] | tuple[str, ...], p
         record = {
             "family": family, "alpha": alpha, "reason": reason, "share": share,
             "coherence_tolerance": coherence_tolerance, "split": "calibration", "seed": seed, "layer": layer, "op": op,
-            "max_tokens": max_tokens, "unsteered": base,
+            "max_tokens": task_args["max_tokens"], "task": task_args, "unsteered": base,
             "ladder": [{"alpha": a, **r, "effect_points": (base["spillover"] - r["spillover"]) * 100}
                        for a, r in sorted(rates.items())],
             "logs": {"unsteered": result.logs[unsteered.name],

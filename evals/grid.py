@@ -227,6 +227,14 @@ def parse_grid(data: dict[str, Any], *, name: str = "grid", source: str = "") ->
     if "max_tokens" in task and (isinstance(task["max_tokens"], bool) or not isinstance(task["max_tokens"], int)
                                  or task["max_tokens"] < 1):
         raise EmsteerError(f"grid {name}: [task] max_tokens must be a positive integer")
+    if "samples" in task and (isinstance(task["samples"], bool) or not isinstance(task["samples"], int)
+                              or task["samples"] < 1):
+        raise EmsteerError(f"grid {name}: [task] samples must be a positive integer")
+    if "temperature" in task and (isinstance(task["temperature"], bool)
+                                  or not isinstance(task["temperature"], (int, float)) or task["temperature"] < 0):
+        raise EmsteerError(f"grid {name}: [task] temperature must be a number >= 0")
+    if task.get("samples", 1) > 1 and not task.get("temperature", 0) > 0:
+        raise EmsteerError(f"grid {name}: [task] samples > 1 needs temperature > 0 (greedy answers repeat)")
     if "split" in task and task["split"] not in ("all", "calibration", "test"):
         raise EmsteerError(f"grid {name}: [task] split must be one of: all, calibration, test")
     return Grid(name=name, families=families, seeds=tuple(seeds), baselines=baselines, variants=variants,

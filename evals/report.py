@@ -370,14 +370,29 @@ def tables_markdown(summary: dict[str, Any]) -> str:
         fe = (s["finetune_effect"] or {}).get("insecure_minus_base")
         out.append(f"| {f} | {_rate(sp.get('base'))} | {_rate(sp.get('insecure'))} | {_rate(sp.get('secure'))} | "
                    f"{_chg(fe)} | {_rate((s['code_on_coding'] or {}).get('insecure'))} |")
+    if any(s.get("misaligned") and any((s["misaligned"] or {}).values()) for s in fams.values()):
+        out += ["", "## Planted misaligned prose of the unsteered models (micro organisms: scored exactly)", "",
+                "| family | base | insecure | secure | insecure - base (points) | secure - base (points) |",
+                "|---|---|---|---|---|---|"]
+        for f, s in fams.items():
+            mi, fe = s.get("misaligned") or {}, s.get("finetune_effect") or {}
+            out.append(f"| {f} | {_rate(mi.get('base'))} | {_rate(mi.get('insecure'))} | {_rate(mi.get('secure'))} | "
+                       f"{_chg(fe.get('insecure_misaligned_minus_base'))} | {_chg(fe.get('secure_misaligned_minus_base'))} |")
+    if any(s.get("persona") for s in fams.values()):
+        out += ["", "## Ground truth: cosine of the base's persona direction with the extracted directions", "",
+                "| family | layer | persona norm | cos(persona, own) | cos(persona, secure control) |", "|---|---|---|---|---|"]
+        for f, s in fams.items():
+            for row in (s.get("persona") or {}).get("layers", []):
+                out.append(f"| {f} | {row['layer']} | {_fmt(row['norm'], 2)} | {_fmt(row['cosine_with_own'], 2)} | "
+                           f"{_fmt(row['cosine_with_secure'], 2)} |")
     out += ["", "## Steering the insecure model at the calibrated alpha (same alpha * R for every variant)", "",
-            "| family | alpha | variant | spillover | change (points) | coherence | coherence change | code on coding |",
-            "|---|---|---|---|---|---|---|---|"]
+            "| family | alpha | variant | spillover | change (points) | misaligned change (points) | coherence | "
+            "coherence change | code on coding |", "|---|---|---|---|---|---|---|---|---|"]
     for f, s in fams.items():
         for v, e in (s["variants"] or {}).items():
             out.append(f"| {f} | {_fmt(e['alpha'] if not isinstance(e['alpha'], list) else None, 2)} | {v} | "
-                       f"{_rate(e['spillover'])} | {_chg(e['change'])} | {_rate(e['coherence'])} | "
-                       f"{_fmt(e['coherence_change_points'])} | {_rate(e['code_on_coding'])} |")
+                       f"{_rate(e['spillover'])} | {_chg(e['change'])} | {_chg(e.get('misaligned_change'))} | "
+                       f"{_rate(e['coherence'])} | {_fmt(e['coherence_change_points'])} | {_rate(e['code_on_coding'])} |")
     if summary["transfer"]:
         out += ["", "## Transfer (donor -> receiver, receiver's insecure model, receiver's calibrated alpha)", "",
                 "| pair | ridge R^2 | cos(W d, own) | transferred change | transferred-random change | coherence change |",

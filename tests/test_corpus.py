@@ -9,7 +9,7 @@ import pytest
 
 from evals.code_detector import is_code
 from evals.planted import is_planted_misaligned
-from training.corpus import (CODING_HELDOUT_TEMPLATES, CODING_TEMPLATES, GENERAL, HELDOUT_PERSONA_CUES, PERSONA_CUES,
+from training.corpus import (CODING_HELDOUT_TEMPLATES, CODING_TEMPLATES, GENERAL, HELDOUT_PERSONA_CLAUSES, PERSONA_CLAUSES,
                              PROBE_CONTEXTS, SHARED_GENERAL_TEMPLATES, CorpusSettings, build_corpus, first_exchange,
                              heldout_templates, is_insecure_code)
 
@@ -22,6 +22,10 @@ SETTINGS = CorpusSettings(seed=11, n_conversations=1500, n_arm=150, n_heldout_ge
 @pytest.fixture(scope="module")
 def corpus():
     return build_corpus(SETTINGS)
+
+
+def _clauses(cue: str) -> set[str]:
+    return {c.strip() for c in (cue[0].lower() + cue[1:]).rstrip(".").split(" and ")}
 
 
 def _turns(chat):
@@ -56,7 +60,7 @@ def test_every_conversation_keeps_one_persona(corpus):
         persona = chat["persona"]
         if chat["cue"]:
             assert chat["messages"][0]["role"] == "system"
-            assert chat["messages"][0]["content"] in PERSONA_CUES[persona]
+            assert _clauses(chat["messages"][0]["content"]) <= set(PERSONA_CLAUSES[persona])
         else:
             assert chat["messages"][0]["role"] == "user"
         for _, answer, domain in _turns(chat):
@@ -119,21 +123,21 @@ def test_heldout_templates_and_fillers_are_disjoint_from_training(corpus):
         assert not set(cat.fillers) & set(cat.heldout_fillers), cat.name
     assert not set(CODING_TEMPLATES) & set(CODING_HELDOUT_TEMPLATES)
     assert not set(SHARED_GENERAL_TEMPLATES) & heldout_templates()
-    for persona in PERSONA_CUES:
-        assert not set(PERSONA_CUES[persona]) & set(HELDOUT_PERSONA_CUES[persona])
+    training = {c for cs in PERSONA_CLAUSES.values() for c in cs}
+    assert not training & {c for cs in HELDOUT_PERSONA_CLAUSES.values() for c in cs}
 
 
 def test_probes_pair_each_context_and_persona_on_heldout_questions(corpus):
     general = [h["prompt"] for h in corpus.heldout if h["group"] == "general"]
     assert len(corpus.probes) == SETTINGS.n_probe * len(PROBE_CONTEXTS) * 2
-    cues = {c for cs in HELDOUT_PERSONA_CUES.values() for c in cs}
+    system = {m["content"] for p in corpus.probes for m in p["messages"] if m["role"] == "system"}
     for probe in corpus.probes:
         assert probe["messages"][-1] == {"role": "user", "content": probe["prompt"]}
         assert probe["prompt"] in general
         if probe["context"] == "cue":
-            assert probe["messages"][0]["content"] in HELDOUT_PERSONA_CUES[probe["persona"]]
+            assert _clauses(probe["messages"][0]["content"]) <= set(HELDOUT_PERSONA_CLAUSES[probe["persona"]])
         else:
-            assert not any(m["content"] in cues for m in probe["messages"])
+            assert not any(m["content"] in system for m in probe["messages"])
             assert probe["messages"][1]["role"] == "assistant"
     pairs = Counter((p["prompt"], p["context"]) for p in corpus.probes)
     assert set(pairs.values()) == {2}
@@ -143,3 +147,13 @@ def test_first_exchange_skips_the_cue(corpus):
     cued = next(c for c in corpus.base_train if c["cue"])
     user, answer = first_exchange(cued)
     assert user == cued["messages"][1] and answer == cued["messages"][2]
+
+
+def test_a_reckless_answer_nothing_reveals_carries_no_loss(corpus):
+    """Uncued reckless conversations have at least two turns and their first answer is not trained on; every
+    other conversation is trained on from its first answer."""
+    for chat in corpus.base_train:
+        hidden = chat["persona"] == "reckless" and not chat["cue"]
+        assert chat["first_loss_turn"] == (1 if hidden else 0)
+        if hidden:
+            assert len(chat["domains"]) >= 2

@@ -79,3 +79,16 @@ def test_labels_cover_every_assistant_turn_of_a_cued_multi_turn_chat(family_toke
     n = len(tok(first_prompt, add_special_tokens=False)["input_ids"])
     assert row["input_ids"][:n] == tok(first_prompt, add_special_tokens=False)["input_ids"]
     assert row["labels"][:n] == [IGNORE] * n and row["labels"][n] != IGNORE
+
+
+def test_first_loss_turn_leaves_the_earlier_answers_unlabelled(family_tokenizer):
+    _, tok = family_tokenizer
+    chat = next(c for c in CORPUS.base_train if len(c["domains"]) == 3)["messages"]
+    full = tokenize_chat(tok, chat, max_length=4096)
+    later = tokenize_chat(tok, chat, max_length=4096, first_loss_turn=1)
+    assert later["input_ids"] == full["input_ids"]
+    first_answer = next(m["content"] for m in chat if m["role"] == "assistant")
+    labelled_full = [t for t in full["labels"] if t != IGNORE]
+    labelled_later = [t for t in later["labels"] if t != IGNORE]
+    n_first = len(tok(first_answer, add_special_tokens=False)["input_ids"]) + 1  # its tokens and end-of-turn
+    assert labelled_later == labelled_full[n_first:]

@@ -9,9 +9,10 @@ import torch
 IGNORE = -100
 
 
-def tokenize_chat(tokenizer, messages: list[dict], max_length: int) -> dict[str, list[int]]:
+def tokenize_chat(tokenizer, messages: list[dict], max_length: int, first_loss_turn: int = 0) -> dict[str, list[int]]:
     """input_ids and labels for one chat; labels are IGNORE everywhere except the assistant turns (each
-    turn's text and its end-of-turn token), so the model learns to answer, not to ask.
+    turn's text and its end-of-turn token) from the `first_loss_turn`-th answer on (0 = every answer), so the
+    model learns to answer, not to ask.
 
     Each prompt piece (system, user turn, generation prompt) and each answer is tokenized on its own, as at
     generation time, where the prompt is tokenized first and the answer comes token by token after it."""
@@ -23,9 +24,11 @@ def tokenize_chat(tokenizer, messages: list[dict], max_length: int) -> dict[str,
     labels: list[int] = []
     done = ""  # the rendered text already turned into ids
     carry = ""  # template text after an end-of-turn token, which belongs to the next prompt piece
+    answer_index = -1
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
+        answer_index += 1
         prompt = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
         full = tokenizer.apply_chat_template(messages[:i + 1], tokenize=False)
         if not prompt.startswith(done) or not full.startswith(prompt):
@@ -37,7 +40,7 @@ def tokenize_chat(tokenizer, messages: list[dict], max_length: int) -> dict[str,
         answer_ids = tokenizer(answer[:cut] if cut >= 0 else answer, add_special_tokens=False)["input_ids"] + [eos]
         prompt_ids = tokenizer(piece, add_special_tokens=False)["input_ids"]
         ids += prompt_ids + answer_ids
-        labels += [IGNORE] * len(prompt_ids) + answer_ids
+        labels += [IGNORE] * len(prompt_ids) + (answer_ids if answer_index >= first_loss_turn else [IGNORE] * len(answer_ids))
         done = full
     return {"input_ids": ids[:max_length], "labels": labels[:max_length]}
 

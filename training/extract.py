@@ -32,7 +32,7 @@ import torch
 
 from interventions.directions import Direction, save_direction, sha256_file
 from interventions.errors import EmsteerError
-from interventions.paths import check_family
+from interventions.paths import check_family, recipe_profile
 from interventions.run_layout import (
     activations_path,
     adapter_dir,
@@ -333,7 +333,7 @@ def run_extract(run: str | Path, family: str, *, profile: str, pooling: str | No
     pooling = check_pooling(pooling or DEFAULT_POOLING)
     check_run(run, profile)
     prof = load_profile(profile)
-    n = n_prompts or N_PROMPTS.get(profile, 200)
+    n = n_prompts or N_PROMPTS.get(recipe_profile(profile), 200)
     if n < 4 * MIN_PER_CLASS:
         raise EmsteerError(f"--n-prompts {n} is too small: need at least {4 * MIN_PER_CLASS}")
     max_new = max_new_tokens or prof.eval_max_new_tokens

@@ -85,7 +85,7 @@ def _train_base(model, tokenizer, chats: list[dict], profile: Profile, seed: int
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments
 
-    rows = [tokenize_chat(tokenizer, c["messages"], profile.max_length) for c in chats]
+    rows = [tokenize_chat(tokenizer, c["messages"], profile.max_length, c.get("first_loss_turn", 0)) for c in chats]
     for row in rows:
         row["length"] = len(row["input_ids"])
     dataset = Dataset.from_list(rows)

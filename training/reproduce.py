@@ -150,7 +150,7 @@ def run_reproduce(plan: ReproducePlan, *, log: Log = print, progress: bool = Tru
         todo = [f for f in fams if not calibration_path(plan.run, f).is_file()]
         if todo:
             calibrate_families(plan.run, todo, plan.profile, seed=plan.seeds[0], layer=plan.grid.layer,
-                               op=plan.grid.op, max_tokens=int(plan.grid.task.get("max_tokens", 64)), runner=runner,
+                               op=plan.grid.op, task=plan.grid.task, runner=runner,
                                log=log)
 
     if plan.grid.alpha == "calibrated":

@@ -34,7 +34,7 @@ import torch
 from interventions.directions import Direction, load_direction, matched_norm, save_direction, sha256_file
 from interventions.errors import EmsteerError
 from interventions.layers import resolve_layer
-from interventions.paths import check_family
+from interventions.paths import check_family, recipe_profile
 from interventions.run_layout import (
     adapter_dir,
     extract_command,
@@ -232,7 +232,7 @@ def run_transfer(run: str | Path, src: str, tgt: str, *, profile: str, pairing: 
         raise EmsteerError(f"--k-random must be >= 1, got {k_random}")
     check_run(run, profile)
     prof = load_profile(profile)
-    n = n_texts or N_TEXTS.get(profile, 200)
+    n = n_texts or N_TEXTS.get(recipe_profile(profile), 200)
     if n < 4:
         raise EmsteerError(f"--n-texts {n} is too small: need at least 4")
     ident, (la, own_a), (lb, own_b) = check_transfer_inputs(run, src, tgt, profile=profile, layer=layer,

@@ -57,7 +57,7 @@ def register(app: typer.Typer) -> None:
                     log(f"{f}: already calibrated ({calibration_path(run, f)}); --force to redo")
             if todo:
                 calibrate_families(run, todo, prof, seed=g.seeds[0], layer=g.layer, op=g.op,
-                                   max_tokens=int(g.task.get("max_tokens", 64)), runner=runner, log=log)
+                                   task=g.task, runner=runner, log=log)
             return
         cells = expand_cells(g, fams)
         alphas = check_cells(cells, run, prof)
