@@ -126,9 +126,9 @@ CASES: list[tuple[str, str, list[str], list[str]]] = [
     ("organism-unknown-family", "emsteer", ["organism", "build", "--family", "qwn", "--profile", "tiny"],
      ["unknown family 'qwn'", "qwen, gemma, llama, ministral"]),
     ("organism-unknown-profile", "emsteer", ["organism", "build", "--profile", "huge"],
-     ["unknown profile 'huge'", "default, tiny"]),
+     ["unknown profile 'huge'", "default, default-s1, tiny"]),
     ("organism-info-unknown-profile", "emsteer", ["organism", "info", "--profile", "huge"],
-     ["unknown profile 'huge'", "default, tiny"]),
+     ["unknown profile 'huge'", "default, default-s1, tiny"]),
     ("cli-unknown-option", "emsteer", ["organism", "build", "--colour", "red"], ["No such option: --colour", "--help"]),
     # --- emsteer finetune
     ("finetune-unknown-arm", "emsteer", [*FT, "--run", "{d}/r_ft", "--data", "insecur"],
@@ -156,7 +156,7 @@ CASES: list[tuple[str, str, list[str], list[str]]] = [
     ("finetune-run-is-a-file", "emsteer", [*FT, "--run", "{d}/run_file", "--data", "insecure"],
      ["is a file, not a directory"]),
     ("finetune-unknown-profile", "emsteer", ["finetune", "--run", "{d}/r_ft", "--data", "insecure", "--profile", "big"],
-     ["unknown profile 'big'", "default, tiny, real"]),
+     ["unknown profile 'big'", "default, default-s1, tiny, real"]),
     ("finetune-model-needs-real", "emsteer", [*FT, "--run", "{d}/r_ft", "--data", "insecure",
                                               "--model", "{d}/config_only_model"],
      ["--model needs --profile real"]),
@@ -395,7 +395,7 @@ BAD_VALUE: dict[str, tuple[Any, str]] = {
     "donor": ("gpt", "choose one of: qwen, gemma, llama, ministral"),
     "trust_remote_code": ("perhaps", "-M trust_remote_code must be true or false"),
     "max_batch_size": ("-3", "-M max_batch_size must be >= 1"),
-    "profile": ("huge", "choose one of: default, tiny"),
+    "profile": ("huge", "choose one of: default, default-s1, tiny"),
     "resolved": ("{not json", "-M resolved must be a JSON object"),
 }
 

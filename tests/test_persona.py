@@ -75,7 +75,7 @@ def test_last_prompt_states_do_not_depend_on_the_batch(toy):
 
 
 def test_gate_gaps_and_verdict(monkeypatch):
-    """The gate's arithmetic on canned rates: the cue and one implicit context must each reach the gap."""
+    """The gate's arithmetic on canned rates: one context (a cue or an earlier turn) must reach the gap."""
     import training.persona as persona
 
     rates = {("cue", "reckless"): 0.9, ("cue", "careful"): 0.1, ("security_turn", "reckless"): 0.3,
@@ -89,9 +89,12 @@ def test_gate_gaps_and_verdict(monkeypatch):
     gate = persona_gate(None, None, CORPUS.probes, n_samples=1, max_new_tokens=4, min_gap=0.3)
     assert gate["contexts"]["cue"]["gap"] == pytest.approx(0.8)
     assert gate["contexts"]["security_turn"]["gap"] == pytest.approx(0.1)
-    assert gate["passed"] is True  # general_turn gap 0.4
-    gate = persona_gate(None, None, CORPUS.probes, n_samples=1, max_new_tokens=4, min_gap=0.5)
-    assert gate["passed"] is False  # only the cue reaches 0.5
+    assert gate["passed"] is True
+    gate = persona_gate(None, None, CORPUS.probes, n_samples=1, max_new_tokens=4, min_gap=0.85)
+    assert gate["passed"] is False  # no context reaches 0.85 (the cue's gap is 0.8)
+    rates[("cue", "careful")] = 0.85
+    gate = persona_gate(None, None, CORPUS.probes, n_samples=1, max_new_tokens=4, min_gap=0.41)
+    assert gate["passed"] is False and gate["contexts"]["general_turn"]["gap"] == pytest.approx(0.4)
 
 
 def test_sampled_rates_are_reproducible_and_count_every_sample(toy):
