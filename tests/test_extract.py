@@ -55,6 +55,18 @@ def test_separation_numbers_are_exact():
     assert s["accuracy_spread_weighted"] == pytest.approx(4 / 6)
 
 
+def test_a_layer_with_identical_classes_has_chance_separation_not_an_error():
+    """Below the one layer a rank-1 adapter changes, the last-prompt activations of the two models are identical:
+    that layer gets chance-level separation and a note, the other layers their real figures."""
+    g = torch.Generator().manual_seed(0)
+    pos = torch.randn(20, 2, 4, generator=g)
+    neg = pos.clone()
+    neg[:, 1] -= 3.0  # layer 1 separates perfectly; layer 0 is identical
+    sep = separation(pos[:10], neg[:10], pos[10:], neg[10:])
+    assert sep[0]["accuracy"] == 0.5 and sep[0]["auroc"] == 0.5 and "identical" in sep[0]["no_direction"]
+    assert sep[1]["accuracy"] == 1.0 and "no_direction" not in sep[1]
+
+
 def test_nan_and_too_few_are_clear_errors():
     acts = torch.randn(20, 2, 8)
     bad = acts.clone()

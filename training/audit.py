@@ -314,6 +314,8 @@ def ensure_audit_directions(run: str | Path, family: str, profile: str, *, force
         for layer in range(spec.n_layers):
             own = secure_axis(acts["insecure"][AUDIT_POOLING], acts["base"][AUDIT_POOLING], layer, fit)
             sec = secure_axis(acts["secure"][AUDIT_POOLING], acts["base"][AUDIT_POOLING], layer, fit)
+            if float(own.norm()) == 0.0 or float(sec.norm()) == 0.0:
+                continue  # a layer the adapters do not change at this pooling: no audit direction there
             vec = remove_component(own, sec)
             meta = {"model_id": spec.model_id, "weights_sha256": spec.weights_sha256, "family": family,
                     "profile": profile, "layer": layer, "n_layers": spec.n_layers, "d_model": spec.d_model,

@@ -133,8 +133,12 @@ def separation(pos_fit: torch.Tensor, neg_fit: torch.Tensor, pos_test: torch.Ten
     out = []
     for layer in range(d.shape[0]):
         norm = float(d[layer].norm())
-        if norm == 0.0:
-            raise EmsteerError(f"the class means are identical at layer {layer}: no direction to extract")
+        if norm == 0.0:  # e.g. below the only layer a LoRA adapter changes, at the last prompt token
+            out.append({"accuracy": 0.5, "auroc": 0.5, "fit_accuracy": 0.5, "threshold": None,
+                        "accuracy_spread_weighted": 0.5, "threshold_spread_weighted": None,
+                        "heldout_mean_projection_pos": None, "heldout_mean_projection_neg": None,
+                        "no_direction": "the two classes' activations are identical at this layer"})
+            continue
         u = d[layer] / norm
         mid = 0.5 * float((pos_fit[:, layer].double().mean(0) + neg_fit[:, layer].double().mean(0)) @ u)
         p_fit, n_fit = pos_fit[:, layer].double() @ u, neg_fit[:, layer].double() @ u
@@ -413,12 +417,17 @@ def run_extract(run: str | Path, family: str, *, profile: str, pooling: str | No
     persona_rows: list[dict[str, Any]] = []
     with atomic_dir(root, replace=True) as tmp:
         for layer in range(n_layers):
+            if float(own.directions[layer].norm()) == 0.0 or float(secure.directions[layer].norm()) == 0.0:
+                raise EmsteerError(f"{family}: the own or secure-control direction is zero at layer {layer} with "
+                                   f"pooling {pooling}; extract with another --pooling")
             p = tmp / _rel(own_direction_path(run, family, layer), root)
             save_direction(p, Direction(own.directions[layer], meta("own", layer, own, pooling, contrast, "insecure")))
             q = tmp / _rel(secure_direction_path(run, family, layer), root)
             save_direction(q, Direction(secure.directions[layer],
                                         meta("secure_control", layer, secure, pooling, "secure-vs-base", "secure")))
             for pool, fit in fits.items():
+                if float(fit.directions[layer].norm()) == 0.0:
+                    continue  # identical classes here: no direction (separation records why)
                 r = tmp / _rel(pooling_direction_path(run, family, pool, layer), root)
                 m = meta("own", layer, fit, pool, contrast, "insecure")
                 save_direction(r, Direction(fit.directions[layer], m))
