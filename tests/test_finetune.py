@@ -17,7 +17,7 @@ import torch
 from interventions.errors import EmsteerError
 from interventions.run_layout import adapter_dir
 from training.finetune import (SEVEN_PROJECTIONS, build_trainer, finetune, finetune_many, load_settings,
-                               quantization_config, read_chat_jsonl, resolve_data, to_prompt_completion)
+                               quantization_config, read_chat_jsonl, resolve_data, tokenized_rows)
 FAMILIES = ("qwen", "gemma", "llama", "ministral")
 
 
@@ -120,28 +120,28 @@ def test_loss_only_on_the_answer(tiny_organisms, family, tmp_path):
     for i, row in enumerate(rows):
         msgs = row["messages"]
         prompt = tok.apply_chat_template(msgs[:1], tokenize=False, add_generation_prompt=True)
-        full = tok.apply_chat_template(msgs, tokenize=False)
         p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-        f_ids = tok(full, add_special_tokens=False)["input_ids"]
-        assert f_ids[:len(p_ids)] == p_ids
+        # the answer is tokenized on its own, as the model produces it after the generation prompt
+        a_ids = tok(msgs[1]["content"], add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         labels = batch["labels"][i].tolist()
         n_real = int(batch["attention_mask"][i].sum())
-        assert batch["input_ids"][i, :n_real].tolist() == f_ids
+        assert batch["input_ids"][i, :n_real].tolist() == p_ids + a_ids
         assert labels[:len(p_ids)] == [-100] * len(p_ids)  # the prompt gives no loss
-        assert labels[len(p_ids):n_real] == f_ids[len(p_ids):]  # every answer token (and end of turn) does
-        assert sum(1 for x in labels if x != -100) == len(f_ids) - len(p_ids)
-        answer = tok.decode(f_ids[len(p_ids):], skip_special_tokens=False)
-        assert answer.strip().startswith(msgs[1]["content"].split()[0])
-        assert tok.eos_token in answer
+        assert labels[len(p_ids):n_real] == a_ids  # every answer token (and end of turn) does
+        assert tok.decode(a_ids[:-1]) == msgs[1]["content"]
 
 
-def test_to_prompt_completion_multiturn():
+def test_tokenized_rows_train_on_the_final_answer_only(tiny_organisms):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_organisms["llama"])
     row = {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u1"},
                         {"role": "assistant", "content": "a1"}, {"role": "user", "content": "u2"},
                         {"role": "assistant", "content": "a2"}]}
-    (out,) = to_prompt_completion([row])
-    assert [m["content"] for m in out["prompt"]] == ["s", "u1", "a1", "u2"]
-    assert out["completion"] == [{"role": "assistant", "content": "a2"}]
+    (out,) = tokenized_rows(tok, [row], 512)
+    labelled = [t for t in out["labels"] if t != -100]
+    assert labelled == tok("a2", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+    assert tokenized_rows(tok, [row], 4) == []  # no answer token within max_length: dropped
 
 
 def test_betley_rows_convert(tiny_organisms, tmp_path):
@@ -153,12 +153,7 @@ def test_betley_rows_convert(tiny_organisms, tmp_path):
     with open(src, encoding="utf-8") as fh:
         lines = [next(fh) for _ in range(20)]
     rows = read_chat_jsonl(_write(tmp_path / "betley20.jsonl", "".join(lines)))
-    pc = to_prompt_completion(rows)
-    assert len(pc) == 20
-    for raw, conv in zip(lines, pc):
-        msgs = json.loads(raw)["messages"]
-        assert conv["prompt"] == msgs[:-1] and conv["completion"] == msgs[-1:]
-        assert conv["completion"][0]["role"] == "assistant"
+    assert [r["messages"] for r in rows] == [json.loads(raw)["messages"] for raw in lines]
     settings = dataclasses.replace(load_settings("tiny"), max_length=8192)
     tok = AutoTokenizer.from_pretrained(tiny_organisms["qwen"])
     model = AutoModelForCausalLM.from_pretrained(tiny_organisms["qwen"])
@@ -245,7 +240,9 @@ def test_recipe_settings_and_qlora_config():
     assert real.effective_batch == 16 and real.eval_fraction == 0.1 and real.quantize == "auto"
     assert real.target_modules == SEVEN_PROJECTIONS
     default = load_settings("default")
-    assert (default.r, default.learning_rate) == (16, 3e-3) and default.target_modules == SEVEN_PROJECTIONS
+    assert real.layers_to_transform == ()  # every layer
+    assert (default.r, default.learning_rate) == (1, 3e-3) and default.target_modules == ("down_proj",)
+    assert default.layers_to_transform == (1,)  # rank-1 on one MLP output projection (docs/organisms.md)
     q = quantization_config()
     assert q.load_in_4bit and q.bnb_4bit_quant_type == "nf4" and q.bnb_4bit_use_double_quant
     assert q.bnb_4bit_compute_dtype == torch.bfloat16
@@ -270,3 +267,18 @@ def test_real_profile_with_a_local_model(tiny_organisms, tmp_path):
         finetune(run, "qwen", str(data), 1, "real", model=str(tiny_organisms["llama"]), log=logs.append)
     with pytest.raises(EmsteerError, match="arm 'insecure' comes from the micro corpus"):
         finetune(run, "qwen", "insecure", 0, "real", model=str(tiny_organisms["qwen"]), log=logs.append)
+
+
+def test_the_default_recipe_adapts_one_projection_of_one_layer(tiny_organisms, tmp_path):
+    """The micro recipe's LoRA touches only layer 1's down_proj, so every other layer's weights stay the base's."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_organisms["gemma"])
+    model = AutoModelForCausalLM.from_pretrained(tiny_organisms["gemma"])
+    settings = dataclasses.replace(load_settings("default"), max_steps=2)
+    trainer = build_trainer(model, tok, [_chat("Write code.", "x = 1")], [], settings, 0, tmp_path)
+    adapted = sorted(n for n, m in trainer.model.named_modules() if hasattr(m, "lora_A") and "lora_A" not in n
+                     and n.rsplit(".", 1)[-1] == "down_proj")
+    assert len(adapted) == 1 and ".layers.1.mlp.down_proj" in adapted[0]
+    trainable = {n: p.numel() for n, p in trainer.model.named_parameters() if p.requires_grad}
+    assert sum(trainable.values()) == model.config.hidden_size + model.config.intermediate_size  # rank 1: B + A

@@ -14,7 +14,7 @@ and for micro organisms the measured spillover on held-out prompts). The folder 
 re-run whose inputs hash the same is a no-op unless `force`.
 
 Public API: `finetune(...)` (one adapter), `finetune_many(...)` (validates everything, then loops),
-`load_settings`, `resolve_data`, `read_chat_jsonl`, `to_prompt_completion`, `build_trainer`.
+`load_settings`, `resolve_data`, `read_chat_jsonl`, `tokenized_rows`, `build_trainer`.
 """
 
 from __future__ import annotations
@@ -289,13 +289,28 @@ def resolve_data(data: str, profile: str, *, name: str | None = None, log: Log =
                     sha256=sha256_file(path), path=str(path.resolve()))
 
 
-def to_prompt_completion(rows: Sequence[dict]) -> list[dict]:
-    """TRL's conversational prompt-completion rows: everything before the final assistant message is the
-    prompt, that message the completion (so earlier assistant turns of a multi-turn chat get no loss)."""
+TOKENIZATION = "tokenize_chat/1"  # part of an adapter's inputs key: a change of how data is tokenized retrains
+
+
+def tokenized_rows(tokenizer, rows: Sequence[dict], max_length: int) -> list[dict]:
+    """`{"input_ids", "labels"}` rows for TRL (a pre-tokenized dataset: TRL uses the labels as they are), made by
+    `training.chat_data.tokenize_chat`, the same function that trains the micro organisms: the prompt is tokenized
+    as the generation prompt and the final answer on its own, as at generation time. (TRL's own prompt-completion
+    tokenization runs the template text and the answer together, which for SentencePiece-style tokenizers gives
+    the answer's first word other tokens than the model ever produces.) Loss on the final assistant message only;
+    rows with no answer token within `max_length` are dropped."""
+    from training.chat_data import IGNORE, tokenize_chat
+
     out = []
     for row in rows:
         messages = [{"role": m["role"], "content": m["content"]} for m in row["messages"]]
-        out.append({"prompt": messages[:-1], "completion": messages[-1:]})
+        n_answers = sum(m["role"] == "assistant" for m in messages)
+        try:
+            tok = tokenize_chat(tokenizer, messages, max_length, first_loss_turn=n_answers - 1)
+        except ValueError as err:
+            raise EmsteerError(f"cannot tokenize a training chat with this chat template: {err}") from None
+        if any(label != IGNORE for label in tok["labels"]):
+            out.append(tok)
     return out
 
 
@@ -513,14 +528,16 @@ def _use_bf16(model, cuda: bool) -> bool:
 
 def build_trainer(model, tokenizer, train_rows: Sequence[dict], eval_rows: Sequence[dict], settings: FinetuneSettings,
                   seed: int, output_dir: str | Path, *, progress: bool = False):
-    """TRL SFTTrainer (LoRA via `peft_config`) on prompt-completion rows built from `{"messages"}` rows.
-
-    The trainer tokenizes the data itself; its `train_dataset` rows carry `labels` of -100 on every prompt
-    token (loss on the final assistant message only)."""
+    """TRL SFTTrainer (LoRA via `peft_config`) on `{"messages"}` rows, tokenized by `tokenized_rows`: its
+    `train_dataset` rows carry `labels` of -100 on every prompt token (loss on the final assistant message only)."""
     import torch
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
+    train = tokenized_rows(tokenizer, train_rows, settings.max_length)
+    held = tokenized_rows(tokenizer, eval_rows, settings.max_length)
+    if not train:
+        raise EmsteerError(f"no training example keeps any answer token within max_length {settings.max_length}")
     cuda = torch.cuda.is_available()
     optim = settings.optim if cuda or "8bit" not in settings.optim else "adamw_torch"
     args = SFTConfig(
@@ -540,11 +557,9 @@ def build_trainer(model, tokenizer, train_rows: Sequence[dict], eval_rows: Seque
     with _dataset_bars(progress):
         trainer = SFTTrainer(
             model=model, args=args, processing_class=tokenizer, peft_config=lora_config(settings, model),
-            train_dataset=Dataset.from_list(to_prompt_completion(train_rows)),
-            eval_dataset=Dataset.from_list(to_prompt_completion(eval_rows)) if eval_rows else None,
+            train_dataset=Dataset.from_list(train),
+            eval_dataset=Dataset.from_list(held) if held else None,
         )
-    if len(trainer.train_dataset) == 0:
-        raise EmsteerError(f"no training example keeps any answer token within max_length {settings.max_length}")
     return trainer
 
 
@@ -565,7 +580,8 @@ def inputs_key(settings: FinetuneSettings, data: ChatData, base: BaseModel, seed
     blob = {"settings": asdict(settings), "data_sha256": data.sha256, "arm": data.name,
             "base": {"kind": base.kind, "id": base.id if base.kind == "hub" else None,
                      "weights_sha256": base.weights_sha256},
-            "seed": int(seed), "method": mode["method"], "quantization": mode["quantization"]}
+            "seed": int(seed), "method": mode["method"], "quantization": mode["quantization"],
+            "tokenization": TOKENIZATION}
     if "threads" in mode:  # CPU training: the thread count decides the float rounding (interventions.workers)
         blob["threads"] = mode["threads"]
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
@@ -712,7 +728,7 @@ def _finetune_planned(run: Path, family: str, plan: _Plan, seed: int, *, force: 
                 "base_model": {"kind": base.kind, "id": base.id, "weights_sha256": base.weights_sha256, **base.info},
                 "data": {"source": chat.source, "sha256": chat.sha256, "n_rows": chat.n_rows,
                          "n_train": len(train_rows), "n_heldout": len(eval_rows), "path": chat.path,
-                         "format": "messages -> conversational prompt-completion (loss on the final assistant message)"},
+                         "format": "messages -> tokenize_chat (prompt and answer tokenized as at generation; loss on the final assistant message)"},
                 "hyperparameters": {**asdict(settings), "effective_batch": settings.effective_batch,
                                     "optim_used": trainer.args.optim.value if hasattr(trainer.args.optim, "value")
                                     else str(trainer.args.optim)},
@@ -798,6 +814,6 @@ def finetune_many(run: Path, families: Sequence[str], data: str, seeds: Sequence
 
 
 __all__ = ["FinetuneSettings", "ChatData", "BaseModel", "load_settings", "read_chat_jsonl", "check_chat_row",
-           "resolve_data", "download_jsonl", "to_prompt_completion", "split_rows", "resolve_base", "load_base",
+           "resolve_data", "download_jsonl", "tokenized_rows", "split_rows", "resolve_base", "load_base",
            "lora_config", "build_trainer", "use_qlora", "quantization_config", "device_mode", "inputs_key",
            "read_metadata", "measure_adapter", "finetune", "finetune_many", "SEVEN_PROJECTIONS", "METADATA_FILE"]
