@@ -18,8 +18,12 @@ from typing import Any, Callable
 
 from evals.grid import Cell
 from evals.sweep import SweepResult, run_cells
+import hashlib
+import json
+
 from interventions.atomic import write_json_atomic
-from interventions.run_layout import calibration_path
+from interventions.directions import sha256_file
+from interventions.run_layout import adapter_dir, calibration_path, extraction_summary_path
 
 __all__ = ["LADDER", "calibrate_family", "calibrate_families", "calibration_cells", "choose_alpha", "cell_rates"]
 
@@ -79,6 +83,29 @@ def calibration_cells(family: str, *, seed: int = 0, ladder: tuple[float, ...] =
 Runner = Callable[..., SweepResult]  # (cells, *, name, task_args, alphas) -> SweepResult, e.g. a SweepBackend
 
 
+def calibration_inputs(run: str | Path, family: str, *, seed: int = 0, ladder: tuple[float, ...] = LADDER,
+                       layer: int = -1, op: str = "subtract", task: dict[str, Any] | None = None) -> str:
+    """sha256 of what a family's calibration depends on: the insecure adapter's weights, the extraction that
+    made the own directions, the ladder, layer, op and task arguments (a change of any of them recalibrates)."""
+    adapter = adapter_dir(run, family, "insecure", seed) / "adapter_model.safetensors"
+    try:
+        extraction = json.loads(extraction_summary_path(run, family).read_text()).get("inputs_sha256")
+    except (OSError, ValueError):
+        extraction = None
+    blob = {"adapter_sha256": sha256_file(adapter) if adapter.is_file() else None, "extraction": extraction,
+            "ladder": list(ladder), "layer": layer, "op": op, "task": dict(sorted((task or {}).items()))}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def calibration_is_current(run: str | Path, family: str, **kwargs: Any) -> bool:
+    """True when `RUN/calibration/<family>.json` exists and was made from the current inputs."""
+    try:
+        record = json.loads(calibration_path(run, family).read_text())
+    except (OSError, ValueError):
+        return False
+    return record.get("inputs_sha256") == calibration_inputs(run, family, **kwargs)
+
+
 def calibrate_families(run: str | Path, families: list[str] | tuple[str, ...], profile: str, *, seed: int = 0,
                        ladder: tuple[float, ...] = LADDER, layer: int = -1, op: str = "subtract",
                        task: dict[str, Any] | None = None,
@@ -119,6 +146,7 @@ def calibrate_families(run: str | Path, families: list[str] | tuple[str, ...], p
             "logs": {"unsteered": result.logs[unsteered.name],
                      **{f"{c.alpha:g}": result.logs[c.name] for c in steps}},
             "seconds": seconds, "calibrated_with": sorted(families),
+            "inputs_sha256": calibration_inputs(run, family, seed=seed, ladder=ladder, layer=layer, op=op, task=task),
         }
         write_json_atomic(calibration_path(run, family), record)
         log(f"{family}: calibrated alpha {alpha:g} ({reason})")

@@ -235,3 +235,24 @@ def test_killed_reproduce_finishes_only_the_missing_work(tiny_organisms, tmp_pat
     check_summary(json.loads((run / "report" / "summary.json").read_text()))
     leftovers = [p for p in run.rglob("*") if p.name.endswith(".tmp") or ".building-" in p.name or ".old-" in p.name]
     assert not leftovers, leftovers
+
+
+def test_calibration_is_redone_when_its_adapter_or_directions_change(tmp_path) -> None:
+    """A calibration record is current only for the adapter weights, extraction and task it was made from."""
+    from evals.calibrate import calibration_inputs, calibration_is_current
+    from interventions.run_layout import adapter_dir, calibration_path, extraction_summary_path
+
+    run = tmp_path / "run"
+    weights = adapter_dir(run, "qwen", "insecure", 0) / "adapter_model.safetensors"
+    weights.parent.mkdir(parents=True)
+    weights.write_bytes(b"first")
+    extraction_summary_path(run, "qwen").parent.mkdir(parents=True)
+    extraction_summary_path(run, "qwen").write_text(json.dumps({"inputs_sha256": "a"}))
+    task = {"max_tokens": 64, "samples": 3, "temperature": 1.0}
+    assert not calibration_is_current(run, "qwen", task=task)  # no record yet
+    calibration_path(run, "qwen").parent.mkdir(parents=True)
+    calibration_path(run, "qwen").write_text(json.dumps({"inputs_sha256": calibration_inputs(run, "qwen", task=task)}))
+    assert calibration_is_current(run, "qwen", task=task)
+    assert not calibration_is_current(run, "qwen", task={**task, "samples": 1})
+    weights.write_bytes(b"retrained")
+    assert not calibration_is_current(run, "qwen", task=task)

@@ -18,7 +18,6 @@ from evals.grid import Grid, expand_cells, load_grid
 from interventions.atomic import write_json_atomic
 from interventions.errors import EmsteerError
 from interventions.paths import check_profile
-from interventions.run_layout import calibration_path
 from training.run_manifest import check_run
 
 __all__ = ["ReproducePlan", "plan_reproduce", "run_reproduce"]
@@ -110,7 +109,7 @@ def extract_family(run: str, family: str, profile: str) -> str:
 
 def run_reproduce(plan: ReproducePlan, *, log: Log = print, progress: bool = True) -> dict[str, Any]:
     """Run every stage of `plan`; return the report summary."""
-    from evals.calibrate import calibrate_families
+    from evals.calibrate import calibrate_families, calibration_is_current
     from evals.report import write_report
     from evals.sweep import check_cells
     from evals.sweep_backends import SweepBackend
@@ -147,7 +146,8 @@ def run_reproduce(plan: ReproducePlan, *, log: Log = print, progress: bool = Tru
     runner = SweepBackend(plan.run, plan.profile, backend=plan.backend, jobs=plan.jobs, display=plan.display, log=log)
 
     def calibrate() -> None:
-        todo = [f for f in fams if not calibration_path(plan.run, f).is_file()]
+        todo = [f for f in fams if not calibration_is_current(plan.run, f, seed=plan.seeds[0], layer=plan.grid.layer,
+                                                              op=plan.grid.op, task=plan.grid.task)]
         if todo:
             calibrate_families(plan.run, todo, plan.profile, seed=plan.seeds[0], layer=plan.grid.layer,
                                op=plan.grid.op, task=plan.grid.task, runner=runner,

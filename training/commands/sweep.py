@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run every cell of GRID through Inspect's eval_set (one log per cell under RUN/logs/<grid>; a re-run
         skips finished cells). With --calibrate, pick alpha per family on the calibration split instead."""
-        from evals.calibrate import calibrate_families
+        from evals.calibrate import calibrate_families, calibration_is_current
         from evals.grid import expand_cells, load_grid
         from evals.sweep import check_cells
         from evals.sweep_backends import SweepBackend, check_backend
@@ -51,10 +51,12 @@ def register(app: typer.Typer) -> None:
         runner = SweepBackend(Path(run), prof, backend=backend, jobs=jobs, display=display, max_tasks=max_tasks,
                               address=address, log=log)
         if calibrate:
-            todo = [f for f in fams if force or not calibration_path(run, f).is_file()]
+            todo = [f for f in fams if force or not calibration_is_current(run, f, seed=g.seeds[0], layer=g.layer,
+                                                                          op=g.op, task=g.task)]
             for f in fams:
                 if f not in todo:
-                    log(f"{f}: already calibrated ({calibration_path(run, f)}); --force to redo")
+                    log(f"{f}: already calibrated from the same adapter, directions and task "
+                        f"({calibration_path(run, f)}); --force to redo")
             if todo:
                 calibrate_families(run, todo, prof, seed=g.seeds[0], layer=g.layer, op=g.op,
                                    task=g.task, runner=runner, log=log)
