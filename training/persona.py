@@ -19,6 +19,7 @@ import torch
 from evals.code_detector import is_code
 from evals.planted import is_planted_misaligned
 from interventions.generation import generate_batch, render_chat
+from training.activations import pool_last_k
 
 Messages = list[dict]
 
@@ -72,8 +73,6 @@ def persona_gate(model, tokenizer, probes: Sequence[dict], *, n_samples: int, ma
 
 def last_prompt_states(model, tokenizer, chats: Sequence[Messages], batch_size: int = 32) -> torch.Tensor:
     """[n, n_layers, d]: each decoder layer's output at the last prompt token of each chat."""
-    from training.activations import pool_last_k
-
     texts = [render_chat(tokenizer, list(m)) for m in chats]
     ids = [list(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
