@@ -204,8 +204,10 @@ def test_killed_reproduce_finishes_only_the_missing_work(tiny_organisms, tmp_pat
 
     run = tmp_path / "run"
     logs = run / "logs" / "tiny"
+    # one process: its sweep writes each cell's log as the cell finishes, so the kill lands mid-sweep (on worker
+    # processes a family's logs arrive together, and two equal families can finish within the same poll)
     cmd = [sys.executable, "-m", "training.cli", "reproduce", "--profile", "tiny", "--grid", "tiny", "--out", str(run),
-           "--display", "none", "--quiet"]
+           "--display", "none", "--quiet", "--jobs", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     err = tmp_path / "first.err"
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=open(err, "w"))
