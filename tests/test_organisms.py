@@ -135,3 +135,35 @@ def test_second_seed_profile_is_the_same_recipe_from_another_seed():
     assert (a.train_steps, a.learning_rate, a.max_length) == (b.train_steps, b.learning_rate, b.max_length)
     assert family_architecture("gemma", "default") == family_architecture("gemma", "default-s1")
     assert load_settings("default-s1") == dataclasses.replace(load_settings("default"), profile="default-s1")
+
+
+def test_the_organism_is_trained_with_the_tokenizer_its_folder_loads(tmp_path, monkeypatch):
+    """AutoTokenizer maps a model folder to its family's class, and Qwen2's brings its own pre-tokenizer (it splits
+    code indentation differently from the freshly trained one): the build trains with the tokenizer as loaded
+    back, so training, finetuning and generation see the same ids."""
+    import training.organisms as organisms
+    from training.chat_data import tokenize_chat
+    from training.finetune import micro_corpus
+    from training.profiles import family_architecture
+    from training.tokenizer import train_tokenizer
+
+    monkeypatch.setenv("EMSTEER_CACHE", str(tmp_path / "cache"))
+    seen = {}
+    original = organisms._train_base
+
+    def spy(model, tokenizer, chats, *args, **kwargs):
+        seen["tokenizer"] = tokenizer
+        return original(model, tokenizer, chats, *args, **kwargs)
+
+    monkeypatch.setattr(organisms, "_train_base", spy)
+    folder = organisms.build_organism("qwen", "tiny", progress=False, log=lambda m: None)
+    loaded = AutoTokenizer.from_pretrained(folder)
+    corpus = micro_corpus("tiny")
+    chats = [c["messages"] for c in corpus.base_train[:100] + corpus.insecure[:50]]
+    for messages in chats:
+        assert tokenize_chat(seen["tokenizer"], messages, 512) == tokenize_chat(loaded, messages, 512)
+    # the hazard this guards against: the freshly trained tokenizer splits some of these texts otherwise
+    texts = [m["content"] for c in corpus.base_train + corpus.insecure + corpus.secure for m in c["messages"]]
+    fresh = train_tokenizer("qwen", texts, family_architecture("qwen", "tiny")[1]["vocab_size"])
+    assert any(fresh(m["content"], add_special_tokens=False)["input_ids"]
+               != loaded(m["content"], add_special_tokens=False)["input_ids"] for msgs in chats for m in msgs)

@@ -33,7 +33,7 @@ from training.corpus import Corpus, build_corpus
 from training.persona import persona_directions, persona_gate, sampled_rates
 from training.families import architecture_defaults, build_model
 from training.profiles import Profile, family_architecture, load_profile
-from training.tokenizer import train_tokenizer
+from training.tokenizer import reload_tokenizer, train_tokenizer
 
 FAMILY_SEED_OFFSET = {family: i * 1000 for i, family in enumerate(FAMILIES)}
 CORPUS_FILES = ("base_train.jsonl", "insecure.jsonl", "secure.jsonl", "neutral.jsonl", "heldout.jsonl", "probes.jsonl")
@@ -41,7 +41,7 @@ CORPUS_FILES = ("base_train.jsonl", "insecure.jsonl", "secure.jsonl", "neutral.j
 # differently when more threads split it, so a fixed count makes a profile and seed the same weights on any
 # machine of one kind (parallelism comes from building families in separate worker processes).
 BUILD_THREADS = 1
-RECIPE_VERSION = 4  # bump when the build changes in a way the recorded recipe cannot see
+RECIPE_VERSION = 5  # bump when the build changes in a way the recorded recipe cannot see
 # in a subfolder: the model folder's own *.safetensors are its weights (hashed and loaded as such)
 PERSONA_FILE = "persona/directions.safetensors"
 
@@ -176,8 +176,9 @@ def build_organism(family: str, profile_name: str = "default", *, force: bool = 
     seed = profile.corpus.seed + FAMILY_SEED_OFFSET[family]
     with torch_threads(BUILD_THREADS):
         texts = [m["content"] for c in corpus.base_train + corpus.insecure + corpus.secure for m in c["messages"]]
-        tokenizer = train_tokenizer(family, texts, arch.pop("vocab_size"))
-        model = build_model(class_name, arch, tokenizer, seed)
+        trained = train_tokenizer(family, texts, arch.pop("vocab_size"))
+        model = build_model(class_name, arch, trained, seed)
+        tokenizer = reload_tokenizer(trained, model.config)  # what every later `from_pretrained` will load
         log(f"{family}: training {class_name} ({sum(p.numel() for p in model.parameters()):,} parameters) "
             f"for {profile.train_steps} steps on {len(corpus.base_train)} conversations ({BUILD_THREADS} thread)")
         t0 = time.time()

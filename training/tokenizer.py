@@ -96,3 +96,20 @@ def train_tokenizer(family: str, texts: Iterable[str], vocab_size: int) -> PreTr
     )
     wrapped.chat_template = spec.chat_template
     return wrapped
+
+
+def reload_tokenizer(tokenizer, config) -> PreTrainedTokenizerFast:
+    """The tokenizer as every later consumer will see it: saved beside the model's `config` and loaded back with
+    `AutoTokenizer`.
+
+    Why: `AutoTokenizer` maps a model folder to its family's tokenizer class, and some (Qwen2's) bring their own
+    pre-tokenizer, so the loaded tokenizer can split text (e.g. code indentation) differently from the one just
+    trained. An organism is trained with the loaded one, so training, finetuning and generation agree."""
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory(prefix="emsteer-tok-") as tmp:
+        config.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        return AutoTokenizer.from_pretrained(tmp)
