@@ -138,9 +138,9 @@ def measure_organism(model, tokenizer, corpus: Corpus, profile: Profile) -> dict
     return measured
 
 
-def organism_recipe(family: str, profile_name: str) -> tuple[dict[str, Any], str]:
+def organism_recipe(family: str, profile_name: str) -> tuple[dict[str, Any], str, Corpus]:
     """Everything that decides an organism's weights (corpus digest, class, sizes, training settings, build
-    threads, torch version), and its sha256: a cached organism is reused only when the sha256 matches."""
+    threads, torch version), its sha256 (a cached organism is reused only when it matches), and the corpus."""
     profile = load_profile(profile_name)
     corpus = ensure_corpus(profile)
     class_name, arch = family_architecture(family, profile_name)
@@ -149,7 +149,7 @@ def organism_recipe(family: str, profile_name: str) -> tuple[dict[str, Any], str
               "architecture_defaults": architecture_defaults(class_name), "recipe_version": RECIPE_VERSION,
               "threads": BUILD_THREADS, "torch": torch.__version__,
               "training": {k: v for k, v in dataclasses.asdict(profile).items() if k != "corpus"}}
-    return recipe, hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()
+    return recipe, hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest(), corpus
 
 
 def build_organism(family: str, profile_name: str = "default", *, force: bool = False, progress: bool = True,
@@ -161,10 +161,8 @@ def build_organism(family: str, profile_name: str = "default", *, force: bool = 
     check_family(family)
     final = organism_dir(family, profile_name)
     ensure_writable_dir(final.parent)
-    recipe, recipe_sha = organism_recipe(family, profile_name)
-    profile = load_profile(profile_name)
-    profile = dataclasses.replace(profile, train_steps=recipe["training"]["train_steps"])
-    corpus = ensure_corpus(profile)
+    recipe, recipe_sha, corpus = organism_recipe(family, profile_name)
+    profile = dataclasses.replace(load_profile(profile_name), train_steps=recipe["training"]["train_steps"])
     class_name, arch = recipe["class"], dict(recipe["architecture"])
     if final.exists() and not force:
         meta = verify_organism(family, profile_name)
