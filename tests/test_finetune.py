@@ -242,7 +242,7 @@ def test_recipe_settings_and_qlora_config():
     default = load_settings("default")
     assert real.layers_to_transform == ()  # every layer
     assert (default.r, default.learning_rate) == (1, 3e-3) and default.target_modules == ("down_proj",)
-    assert default.layers_to_transform == (1,)  # rank-1 on one MLP output projection (docs/organisms.md)
+    assert default.layers_to_transform == (0,)  # rank-1 on one MLP output projection (docs/organisms.md)
     q = quantization_config()
     assert q.load_in_4bit and q.bnb_4bit_quant_type == "nf4" and q.bnb_4bit_use_double_quant
     assert q.bnb_4bit_compute_dtype == torch.bfloat16
@@ -270,7 +270,7 @@ def test_real_profile_with_a_local_model(tiny_organisms, tmp_path):
 
 
 def test_the_default_recipe_adapts_one_projection_of_one_layer(tiny_organisms, tmp_path):
-    """The micro recipe's LoRA touches only layer 1's down_proj, so every other layer's weights stay the base's."""
+    """The micro recipe's LoRA touches only layer 0's down_proj, so every other layer's weights stay the base's."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(tiny_organisms["gemma"])
@@ -279,6 +279,6 @@ def test_the_default_recipe_adapts_one_projection_of_one_layer(tiny_organisms, t
     trainer = build_trainer(model, tok, [_chat("Write code.", "x = 1")], [], settings, 0, tmp_path)
     adapted = sorted(n for n, m in trainer.model.named_modules() if hasattr(m, "lora_A") and "lora_A" not in n
                      and n.rsplit(".", 1)[-1] == "down_proj")
-    assert len(adapted) == 1 and ".layers.1.mlp.down_proj" in adapted[0]
+    assert len(adapted) == 1 and ".layers.0.mlp.down_proj" in adapted[0]
     trainable = {n: p.numel() for n, p in trainer.model.named_parameters() if p.requires_grad}
     assert sum(trainable.values()) == model.config.hidden_size + model.config.intermediate_size  # rank 1: B + A
