@@ -152,25 +152,22 @@ def organism_recipe(family: str, profile_name: str) -> tuple[dict[str, Any], str
     return recipe, hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest(), corpus
 
 
-def build_organism(family: str, profile_name: str = "default", *, force: bool = False, progress: bool = True,
-                   log: Callable[[str], None] = print) -> Path:
-    """Build (or reuse, when cached and intact) one family's organism; returns its folder.
+@dataclasses.dataclass
+class TrainedOrganism:
+    """A base trained in memory, with its measurements and persona directions (not yet saved)."""
+    model: Any
+    tokenizer: Any
+    seed: int
+    train_stats: dict[str, float]
+    measured: dict[str, Any]
+    persona: torch.Tensor
 
-    The build runs on `BUILD_THREADS` torch threads whatever the caller set, so one profile (and its seed)
-    gives the same weights on every machine of one kind; the thread count and versions are recorded."""
-    check_family(family)
-    final = organism_dir(family, profile_name)
-    ensure_writable_dir(final.parent)
-    recipe, recipe_sha, corpus = organism_recipe(family, profile_name)
-    profile = dataclasses.replace(load_profile(profile_name), train_steps=recipe["training"]["train_steps"])
+
+def train_organism(family: str, recipe: dict[str, Any], corpus: Corpus, profile: Profile, *, progress: bool = True,
+                   log: Callable[[str], None] = print) -> TrainedOrganism:
+    """Tokenizer, model, base training, measurement and persona directions of one family, on `BUILD_THREADS`
+    threads (`profile` may differ from the recipe's, for exploring variants; `build_organism` passes the recipe's)."""
     class_name, arch = recipe["class"], dict(recipe["architecture"])
-    if final.exists() and not force:
-        meta = verify_organism(family, profile_name)
-        if meta.get("recipe_sha256") == recipe_sha:
-            log(f"{family}: cached at {final}")
-            return final
-        log(f"{family}: cached organism was built from another corpus or recipe; rebuilding")
-    started = time.time()
     seed = profile.corpus.seed + FAMILY_SEED_OFFSET[family]
     with torch_threads(BUILD_THREADS):
         texts = [m["content"] for c in corpus.base_train + corpus.insecure + corpus.secure for m in c["messages"]]
@@ -185,6 +182,31 @@ def build_organism(family: str, profile_name: str = "default", *, force: bool = 
         log(f"{family}: trained in {train_stats['train_seconds']:.0f}s; measuring the base and its persona")
         measured = measure_organism(model, tokenizer, corpus, profile)
         persona = persona_directions(model, tokenizer, corpus.probes)
+    return TrainedOrganism(model, tokenizer, seed, train_stats, measured, persona)
+
+
+def build_organism(family: str, profile_name: str = "default", *, force: bool = False, progress: bool = True,
+                   log: Callable[[str], None] = print) -> Path:
+    """Build (or reuse, when cached and intact) one family's organism; returns its folder.
+
+    The build runs on `BUILD_THREADS` torch threads whatever the caller set, so one profile (and its seed)
+    gives the same weights on every machine of one kind; the thread count and versions are recorded."""
+    check_family(family)
+    final = organism_dir(family, profile_name)
+    ensure_writable_dir(final.parent)
+    recipe, recipe_sha, corpus = organism_recipe(family, profile_name)
+    profile = dataclasses.replace(load_profile(profile_name), train_steps=recipe["training"]["train_steps"])
+    class_name = recipe["class"]
+    if final.exists() and not force:
+        meta = verify_organism(family, profile_name)
+        if meta.get("recipe_sha256") == recipe_sha:
+            log(f"{family}: cached at {final}")
+            return final
+        log(f"{family}: cached organism was built from another corpus or recipe; rebuilding")
+    started = time.time()
+    trained = train_organism(family, recipe, corpus, profile, progress=progress, log=log)
+    model, tokenizer, seed = trained.model, trained.tokenizer, trained.seed
+    measured, persona, train_stats = trained.measured, trained.persona, trained.train_stats
     with atomic_dir(final, replace=True) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
