@@ -170,3 +170,29 @@ def test_writer_killed_inside_write_bytes_atomic(tmp_path):
     write_bytes_atomic(target, b'{"v": 2}\n')
     assert sorted(p.name for p in tmp_path.iterdir()) == ["summary.json"]
     assert json.loads(target.read_text()) == {"v": 2}
+
+
+def test_interrupt_swallowed_by_a_library_still_exits_130(monkeypatch, capsys):
+    """A Ctrl-C that lands inside a library's bare `except:` (multiprocess's import, reached through datasets)
+    comes out as another error whose context is the KeyboardInterrupt: still "interrupted" and status 130; an
+    ordinary error is not mistaken for one."""
+    from training import cli
+
+    def swallowed(*args, **kwargs):
+        try:
+            raise KeyboardInterrupt
+        except BaseException:  # what the library does
+            raise ModuleNotFoundError("No module named 'version'")
+
+    monkeypatch.setattr(cli, "app", swallowed)
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err.strip().endswith("interrupted")
+
+    def plain_failure(*args, **kwargs):
+        raise ModuleNotFoundError("No module named 'version'")
+
+    monkeypatch.setattr(cli, "app", plain_failure)
+    with pytest.raises(ModuleNotFoundError):
+        cli.main()

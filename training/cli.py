@@ -130,6 +130,20 @@ def _usage_line(err: Exception) -> str:
     return message
 
 
+def _raised_while_interrupted(err: BaseException) -> bool:
+    """Whether `err` was raised while a Ctrl-C was being handled: some libraries import with a bare `except:` that
+    swallows the KeyboardInterrupt and raises something else (multiprocess, imported by datasets, raises
+    ModuleNotFoundError), so the interrupt survives only as the new error's context."""
+    seen: set[int] = set()
+    current: BaseException | None = err
+    while current is not None and id(current) not in seen:
+        if isinstance(current, KeyboardInterrupt):
+            return True
+        seen.add(id(current))
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def main() -> None:
     """Console-script entry point: run the app, turning bad input (bad values, unknown options, EmsteerError)
     into one line on stderr and exit status 2, never a traceback."""
@@ -147,6 +161,11 @@ def main() -> None:
         _err(_usage_line(err))
         sys.exit(err.exit_code)
     except (KeyboardInterrupt, typer.Abort):
+        _err("interrupted")
+        sys.exit(130)
+    except Exception as err:
+        if not _raised_while_interrupted(err):
+            raise
         _err("interrupted")
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
