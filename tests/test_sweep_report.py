@@ -144,6 +144,19 @@ def test_reproduce_tiny_end_to_end_writes_the_documented_summary(tiny_reproduce)
     assert set(json.loads((run / "reproduce.json").read_text())["timings_s"]) >= {"finetune", "sweep", "report"}
 
 
+def test_reproduce_tiny_gives_the_numbers_recorded_before_the_refactor(tiny_reproduce) -> None:
+    """Issue 16's guard: every number of the tiny report equals what the code gave before the architecture
+    refactor (tests/golden/tiny_reproduce_numbers.json, made by the same fixture); wall-clock figures excluded."""
+    from report_numbers import differences, report_numbers
+
+    run, _, _ = tiny_reproduce
+    golden = json.loads((Path(__file__).parent / "golden" / "tiny_reproduce_numbers.json").read_text())["numbers"]
+    actual = report_numbers(json.loads((run / "report" / "summary.json").read_text()))
+    assert len(golden) > 800
+    diff = differences(golden, actual)
+    assert not diff, "\n".join(diff[:40])
+
+
 def test_rerun_skips_finished_cells(tiny_reproduce) -> None:
     from training.reproduce import run_reproduce
 
