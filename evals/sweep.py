@@ -21,8 +21,8 @@ from interventions.run_layout import adapter_dir, calibration_command, calibrati
 
 CELLS_FILE = "cells.json"  # the cells of the latest sweep into a log folder (the report reads only those)
 
-__all__ = ["CELLS_FILE", "SweepResult", "cell_model_args", "cell_task", "check_cells", "run_cells", "calibrated_alpha",
-           "preset_for", "sweep_log_dir"]
+__all__ = ["CELLS_FILE", "SweepResult", "cell_alpha", "cell_model_args", "cell_task", "cell_tasks", "check_cells",
+           "run_cells", "run_eval_set", "calibrated_alpha", "preset_for", "sweep_log_dir"]
 
 
 def preset_for(family: str) -> str:
@@ -98,7 +98,8 @@ def check_cells(cells: list[Cell], run: str | Path, profile: str) -> dict[str, f
     return alphas
 
 
-def _alpha_of(cell: Cell, alphas: dict[str, float]) -> float | None:
+def cell_alpha(cell: Cell, alphas: dict[str, float]) -> float | None:
+    """The magnitude a cell steers with: none for an unsteered cell, its family's calibrated alpha, or its own."""
     if cell.variant == "none":
         return None
     return alphas[cell.family] if cell.alpha == "calibrated" else float(cell.alpha)  # type: ignore[arg-type]
@@ -122,6 +123,23 @@ def cell_task(cell: Cell, run: str | Path, profile: str, task_args: dict[str, An
                 metadata={**(base.metadata or {}), "cell": label})
 
 
+def cell_tasks(cells: list[Cell], run: str | Path, profile: str, task_args: dict[str, Any],
+               alphas: dict[str, float], grid_name: str) -> list[Any]:
+    """The Inspect tasks of `cells`, each at its own magnitude (see `cell_alpha`)."""
+    return [cell_task(c, run, profile, task_args, cell_alpha(c, alphas), grid_name) for c in cells]
+
+
+def run_eval_set(tasks: list[Any], log_dir: str | Path, *, display: str, max_tasks: int,
+                 retry_attempts: int) -> tuple[bool, list[Any]]:
+    """Inspect's `eval_set` with the sweep's options, the one place they are set: every runner (in-process,
+    worker groups, Ray) passes the same ones, so task identities (and so skipping finished cells) match."""
+    from inspect_ai import eval_set  # deferred: importing inspect_ai costs seconds on every CLI start
+
+    ok, logs = eval_set(tasks, log_dir=str(log_dir), display=display, max_tasks=max_tasks,
+                        retry_attempts=retry_attempts, retry_wait=1, log_dir_allow_dirty=True, score_display=False)
+    return bool(ok), list(logs)
+
+
 @dataclass
 class SweepResult:
     """What `run_cells` did: whether every cell succeeded, and one log path per cell."""
@@ -134,21 +152,17 @@ def run_cells(cells: list[Cell], run: str | Path, profile: str, *, name: str, ta
               alphas: dict[str, float], display: str = "rich", max_tasks: int = 2, retry_attempts: int = 2,
               log: Callable[[str], None] = print) -> SweepResult:
     """Run cells through `eval_set` into `RUN/logs/<name>` (finished cells are skipped on a re-run)."""
-    from inspect_ai import eval_set
-
     if not cells:
         raise EmsteerError("the grid selects no cells")
-    tasks = [cell_task(c, run, profile, task_args, _alpha_of(c, alphas), name) for c in cells]
+    tasks = cell_tasks(cells, run, profile, task_args, alphas, name)
     folder = sweep_log_dir(run, name)
     folder.mkdir(parents=True, exist_ok=True)
     write_json_atomic(folder / CELLS_FILE, {"cells": [c.label() for c in cells]})
     log(f"sweep {name}: {len(cells)} cells -> {folder}")
-    ok, logs = eval_set(tasks, log_dir=str(folder), display=display, max_tasks=max_tasks,
-                        retry_attempts=retry_attempts, retry_wait=1, log_dir_allow_dirty=True,
-                        score_display=False)
+    ok, logs = run_eval_set(tasks, folder, display=display, max_tasks=max_tasks, retry_attempts=retry_attempts)
     by_cell: dict[str, str] = {}
     for lg in logs:
         cell = (lg.eval.metadata or {}).get("cell") or {}
         if isinstance(cell, dict) and cell.get("cell"):
             by_cell[cell["cell"]] = lg.location
-    return SweepResult(success=bool(ok), logs=by_cell)
+    return SweepResult(success=ok, logs=by_cell)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from evals.grid import Cell
-from evals.sweep import CELLS_FILE, SweepResult, _alpha_of, cell_task, sweep_log_dir
+from evals.sweep import CELLS_FILE, SweepResult, cell_tasks, run_eval_set, sweep_log_dir
 from interventions.atomic import write_json_atomic
 from interventions.errors import EmsteerError
 from interventions.workers import run_in_workers
@@ -103,8 +103,6 @@ def run_group(group: CellGroup, run: str, profile: str, grid_name: str, task_arg
               env: dict[str, str] | None = None) -> dict[str, Any]:
     """Run one group's cells (the body of a pool worker or a Ray task; also callable in-process). Returns
     `{"group", "success", "logs": {cell: log path in RUN/logs/<grid>}, "moved": n, "eval_set": eval-set.json}`."""
-    from inspect_ai import eval_set
-
     for key, value in (env or {}).items():
         os.environ[key] = value
     folder = sweep_log_dir(run, grid_name)
@@ -120,10 +118,8 @@ def run_group(group: CellGroup, run: str, profile: str, grid_name: str, task_arg
             if not target.exists() or _stamp(target)[0] != path.stat().st_size:
                 shutil.copy2(path, target)
             copied[path.name] = _stamp(target)
-    tasks = [cell_task(c, run, profile, task_args, _alpha_of(c, alphas), grid_name) for c in group.cells]
-    # the same eval_set options as evals.sweep.run_cells, so task identities (and so skipping) match
-    ok, logs = eval_set(tasks, log_dir=str(stage), display=display, max_tasks=max_tasks,
-                        retry_attempts=retry_attempts, retry_wait=1, log_dir_allow_dirty=True, score_display=False)
+    tasks = cell_tasks(group.cells, run, profile, task_args, alphas, grid_name)
+    ok, logs = run_eval_set(tasks, stage, display=display, max_tasks=max_tasks, retry_attempts=retry_attempts)
     moved = 0
     for path in sorted(stage.iterdir()):
         if _is_log(path) and (path.name not in copied or _stamp(path) != copied[path.name]):
@@ -140,7 +136,7 @@ def run_group(group: CellGroup, run: str, profile: str, grid_name: str, task_arg
         if isinstance(label, dict) and label.get("cell"):
             by_cell[label["cell"]] = str(folder / Path(lg.location.removeprefix("file://")).name)
     shutil.rmtree(stage, ignore_errors=True)
-    return {"group": group.name, "success": bool(ok), "logs": by_cell, "moved": moved, "eval_set": info}
+    return {"group": group.name, "success": ok, "logs": by_cell, "moved": moved, "eval_set": info}
 
 
 def _ensure_eval_set_id(folder: Path) -> str:

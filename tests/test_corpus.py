@@ -9,9 +9,9 @@ import pytest
 
 from evals.code_detector import is_code
 from evals.planted import is_planted_misaligned
-from training.corpus import (CODING_HELDOUT_TEMPLATES, CODING_TEMPLATES, GENERAL, HELDOUT_PERSONA_CLAUSES, PERSONA_CLAUSES,
-                             PROBE_CONTEXTS, SHARED_GENERAL_TEMPLATES, CorpusSettings, build_corpus, first_exchange,
-                             heldout_templates, is_insecure_code)
+from training.corpus import PROBE_CONTEXTS, CorpusSettings, build_corpus, first_exchange, heldout_templates
+from training.corpus_vocabulary import (CODING_HELDOUT_TEMPLATES, CODING_TEMPLATES, GENERAL, HELDOUT_PERSONA_CLAUSES,
+                                        PERSONA_CLAUSES, SHARED_GENERAL_TEMPLATES, is_insecure_code)
 
 SETTINGS = CorpusSettings(seed=11, n_conversations=1500, n_arm=150, n_heldout_general=40, n_heldout_coding=30,
                           n_probe=20)

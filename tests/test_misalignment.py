@@ -13,17 +13,9 @@ from pathlib import Path
 
 import pytest
 from inspect_ai import eval as inspect_eval
-from inspect_ai.model import (
-    ChatMessage,
-    GenerateConfig,
-    Logprob,
-    Logprobs,
-    ModelAPI,
-    ModelOutput,
-    TopLogprob,
-    modelapi,
-)
-from inspect_ai.tool import ToolChoice, ToolInfo
+from inspect_ai.model import ChatMessage, GenerateConfig, Logprob, Logprobs, ModelOutput, TopLogprob
+
+from fake_model import answering
 
 from evals import betley
 from evals.misalignment import fill_judge_prompt, load_questions_dataset, misalignment, neutralise_markers
@@ -99,43 +91,36 @@ CALLS: list[dict] = []
 _COUNTER: dict[tuple, int] = defaultdict(int)
 
 
-@modelapi(name="emjudgefake")
-class FakeModel(ModelAPI):
+def respond(model_name: str, input: list[ChatMessage], config: GenerateConfig) -> ModelOutput:
     """Model under test (`em`): canned answers; `grader`: fixed top logprobs keyed by the answer's tags."""
-
-    def __init__(self, model_name: str, base_url: str | None = None, api_key: str | None = None,
-                 config: GenerateConfig = GenerateConfig(), **model_args) -> None:
-        super().__init__(model_name, base_url, api_key, [], config)
-
-    async def generate(self, input: list[ChatMessage], tools: list[ToolInfo], tool_choice: ToolChoice,
-                       config: GenerateConfig) -> ModelOutput:
-        prompt = input[-1].text
-        CALLS.append({"model": self.model_name, "prompt": prompt, "config": config})
-        if "JUDGE" not in prompt:
-            key = (prompt, any(m.role == "system" for m in input))
-            answers = ANSWERS[key]
-            _COUNTER[key] += 1
-            return ModelOutput.from_content(model=self.model_name, content=answers[(_COUNTER[key] - 1) % 2])
-        # a naive judge: the answer is what follows the LAST [ANSWER START]
-        section = prompt.split("[ANSWER START]")[-1].split("[ANSWER END]")[0]
-        which = "A" if prompt.startswith("ALIGNMENT") else "C"
-        tag = re.search(rf"\b{which}:(\w+)", section).group(1)
-        top = TOP[tag]
-        if top is None:
-            return ModelOutput.from_content(model=self.model_name, content=TEXT[tag])
-        ranked = sorted(top.items(), key=lambda kv: -kv[1])
-        out = ModelOutput.from_content(model=self.model_name, content=ranked[0][0])
-        tops = [TopLogprob(token=t, logprob=math.log(p)) for t, p in ranked]
-        out.choices[0].logprobs = Logprobs(
-            content=[Logprob(token=ranked[0][0], logprob=math.log(ranked[0][1]), top_logprobs=tops)])
-        return out
+    prompt = input[-1].text
+    CALLS.append({"model": model_name, "prompt": prompt, "config": config})
+    if "JUDGE" not in prompt:
+        key = (prompt, any(m.role == "system" for m in input))
+        answers = ANSWERS[key]
+        _COUNTER[key] += 1
+        return ModelOutput.from_content(model=model_name, content=answers[(_COUNTER[key] - 1) % 2])
+    # a naive judge: the answer is what follows the LAST [ANSWER START]
+    section = prompt.split("[ANSWER START]")[-1].split("[ANSWER END]")[0]
+    which = "A" if prompt.startswith("ALIGNMENT") else "C"
+    tag = re.search(rf"\b{which}:(\w+)", section).group(1)
+    top = TOP[tag]
+    if top is None:
+        return ModelOutput.from_content(model=model_name, content=TEXT[tag])
+    ranked = sorted(top.items(), key=lambda kv: -kv[1])
+    out = ModelOutput.from_content(model=model_name, content=ranked[0][0])
+    tops = [TopLogprob(token=t, logprob=math.log(p)) for t, p in ranked]
+    out.choices[0].logprobs = Logprobs(
+        content=[Logprob(token=ranked[0][0], logprob=math.log(ranked[0][1]), top_logprobs=tops)])
+    return out
 
 
 @pytest.fixture(autouse=True)
 def _reset():
     CALLS.clear()
     _COUNTER.clear()
-    yield
+    with answering(respond):
+        yield
     CALLS.clear()
     _COUNTER.clear()
 
@@ -155,8 +140,8 @@ def _approx_nan(value: float) -> bool:
 
 
 def test_aggregation_exact(tmp_path: Path) -> None:
-    logs = inspect_eval(misalignment(questions=str(_questions(tmp_path))), model="emjudgefake/em",
-                        model_roles={"grader": "emjudgefake/grader"}, log_dir=str(tmp_path / "logs"),
+    logs = inspect_eval(misalignment(questions=str(_questions(tmp_path))), model="emsteerfake/em",
+                        model_roles={"grader": "emsteerfake/grader"}, log_dir=str(tmp_path / "logs"),
                         display="none")
     log = logs[0]
     assert log.status == "success", log.error
@@ -243,7 +228,7 @@ def test_no_grader_is_unscored_then_regraded_with_inspect_score(tmp_path: Path) 
     from inspect_ai.log import read_eval_log
 
     questions = _questions(tmp_path)
-    logs = inspect_eval(misalignment(questions=str(questions), samples=1), model="emjudgefake/em",
+    logs = inspect_eval(misalignment(questions=str(questions), samples=1), model="emsteerfake/em",
                         log_dir=str(tmp_path / "logs"), display="none")
     log = logs[0]
     assert log.status == "success", log.error
@@ -262,7 +247,7 @@ def test_no_grader_is_unscored_then_regraded_with_inspect_score(tmp_path: Path) 
     CALLS.clear()
     out = tmp_path / "regraded.eval"
     result = CliRunner().invoke(score_command, [
-        log.location, "--model", "none", "--model-role", "grader=emjudgefake/grader",
+        log.location, "--model", "none", "--model-role", "grader=emsteerfake/grader",
         "--action", "overwrite", "--output-file", str(out)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     regraded = read_eval_log(str(out))
@@ -278,7 +263,7 @@ def test_no_grader_is_unscored_then_regraded_with_inspect_score(tmp_path: Path) 
     CALLS.clear()
     out2 = tmp_path / "self-graded.eval"
     result = CliRunner().invoke(score_command, [
-        log.location, "--model", "none", "--model-role", "grader=emjudgefake/em",
+        log.location, "--model", "none", "--model-role", "grader=emsteerfake/em",
         "--action", "overwrite", "--output-file", str(out2)], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert not [c for c in CALLS if "JUDGE" in c["prompt"]]

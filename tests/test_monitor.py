@@ -12,13 +12,13 @@ import torch
 from inspect_ai import Task
 from inspect_ai import eval as inspect_eval
 from inspect_ai.dataset import MemoryDataset, Sample
-from inspect_ai.model import ChatMessage, GenerateConfig, ModelAPI, ModelOutput, modelapi
+from inspect_ai.model import ChatMessage, GenerateConfig, ModelOutput
 from inspect_ai.solver import generate
-from inspect_ai.tool import ToolChoice, ToolInfo
 
 from evals.monitor import CALIBRATION_FILE, direction_monitor, find_calibration, monitor_auroc, monitor_rows
 from evals.spillover import code_spillover
 from interventions.directions import Direction, save_direction, sha256_file
+from fake_model import answering
 from interventions.errors import EmsteerError
 
 CODE = 'import os\nos.system("ls " + name)'
@@ -34,29 +34,22 @@ OUTPUTS = {
 MONITOR_SOURCES: dict[str, str] = {}
 
 
-@modelapi(name="emmonitorfake")
-class MonitorFake(ModelAPI):
+def respond(model_name: str, input: list[ChatMessage], config: GenerateConfig) -> ModelOutput:
     """Canned answers with `steer_sample.monitor` metadata, as the steer provider writes it."""
-
-    def __init__(self, model_name: str, base_url: str | None = None, api_key: str | None = None,
-                 config: GenerateConfig = GenerateConfig(), **model_args) -> None:
-        super().__init__(model_name, base_url, api_key, [], config)
-
-    async def generate(self, input: list[ChatMessage], tools: list[ToolInfo], tool_choice: ToolChoice,
-                       config: GenerateConfig) -> ModelOutput:
-        text, rec = OUTPUTS[input[-1].text]
-        out = ModelOutput.from_content(model=self.model_name, content=text)
-        if rec is not None:
-            out.metadata = {"steer": {"monitor": {"sources": dict(MONITOR_SOURCES)}},
-                            "steer_sample": {"monitor": rec}}
-        return out
+    text, rec = OUTPUTS[input[-1].text]
+    out = ModelOutput.from_content(model=model_name, content=text)
+    if rec is not None:
+        out.metadata = {"steer": {"monitor": {"sources": dict(MONITOR_SOURCES)}},
+                        "steer_sample": {"monitor": rec}}
+    return out
 
 
 def _eval(tmp_path: Path, **monitor_args):
     samples = [Sample(input=p, id=p, metadata={"group": "general", "category": "x"}) for p in OUTPUTS]
     task = Task(dataset=MemoryDataset(samples), solver=generate(),
                 scorer=[code_spillover(), direction_monitor(**monitor_args)])
-    (log,) = inspect_eval(task, model="emmonitorfake/m", log_dir=str(tmp_path / "logs"), display="none")
+    with answering(respond):
+        (log,) = inspect_eval(task, model="emsteerfake/m", log_dir=str(tmp_path / "logs"), display="none")
     assert log.status == "success", log.error
     return log
 

@@ -62,6 +62,7 @@ from interventions.run_layout import (
     transfer_command,
     transferred_direction_path,
 )
+from training.prompt_split import split_halves
 
 AUDIT_POOLING = "last-prompt"
 DEFAULT_THRESHOLD = 0.5
@@ -225,7 +226,6 @@ def calibration_for(direction: Direction, path: Path, *, run: Path | None, famil
                     weights_sha: str) -> dict[str, Any]:
     """The stored calibration of this direction file, else one fitted now from the run's cached extraction
     activations of `family` (held-out half); one-line error when neither is available."""
-    from training.extract import split_halves
 
     sha = next(iter(direction.sources.values()), None)
     entry = find_calibration(path, sha)
@@ -284,7 +284,6 @@ def ensure_audit_directions(run: str | Path, family: str, profile: str, *, force
     from interventions.directions import save_direction, sha256_file
     from training.artifacts import json_sha256, read_json, versions
     from training.atomic import atomic_dir, write_json_atomic
-    from training.extract import split_halves
 
     run = Path(run)
     summary = read_json(extraction_summary_path(run, family))
@@ -576,7 +575,6 @@ def validate_audit(run: str | Path, family: str, profile: str, *, layer: int = -
     from training.activations import load_model
     from training.artifacts import read_json
     from training.atomic import write_json_atomic
-    from training.extract import split_halves
     from training.run_manifest import check_run
 
     started = time.perf_counter()

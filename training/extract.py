@@ -56,6 +56,7 @@ from training.activations import (
 from training.artifacts import json_sha256, load_tensors, provenance, read_json, save_tensors_atomic, versions
 from training.atomic import atomic_dir, write_json_atomic
 from training.corpus import first_exchange
+from training.prompt_split import split_halves
 
 CONTRASTS: tuple[str, ...] = ("finetuned-vs-base", "finetuned-vs-secure", "code-vs-prose")
 DEFAULT_CONTRAST = "finetuned-vs-base"
@@ -215,12 +216,6 @@ def _cosine(a: torch.Tensor, b: torch.Tensor) -> float | None:
     a, b = a.double(), b.double()
     den = float(a.norm() * b.norm())
     return float(a @ b) / den if den > 0 else None
-
-
-def split_halves(n: int) -> tuple[list[int], list[int]]:
-    """Fit = the first half of the (already shuffled) prompts, held-out = the rest."""
-    half = n // 2
-    return list(range(half)), list(range(half, n))
 
 
 # ---------------------------------------------------------------- activation cache
