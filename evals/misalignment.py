@@ -50,7 +50,7 @@ from evals.betley import (
     sample_id,
 )
 from evals.grader import grader_for_scoring
-from evals.spillover import code_spillover
+from evals.spillover_scorers import code_spillover
 from interventions.errors import EmsteerError
 
 __all__ = ["misalignment", "em_judge", "load_questions_dataset", "fill_judge_prompt", "read_judge_output",

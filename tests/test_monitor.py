@@ -16,7 +16,7 @@ from inspect_ai.model import ChatMessage, GenerateConfig, ModelOutput
 from inspect_ai.solver import generate
 
 from evals.monitor import CALIBRATION_FILE, direction_monitor, find_calibration, monitor_auroc, monitor_rows
-from evals.spillover import code_spillover
+from evals.spillover_scorers import code_spillover
 from interventions.directions import Direction, save_direction, sha256_file
 from fake_model import answering
 from interventions.errors import EmsteerError

@@ -87,7 +87,7 @@ def test_scorer_and_score_responses_only_parse(tmp_path, monkeypatch):
     from inspect_ai.solver import TaskState
 
     from evals.score_responses import score_responses
-    from evals.spillover import code_spillover
+    from evals.spillover_scorers import code_spillover
 
     monkeypatch.chdir(tmp_path)
     targets = [tmp_path / f"pwned-{i}" for i in range(len(HOSTILE_ANSWERS))]
@@ -315,7 +315,7 @@ def test_em_judge_prompt_contains_the_answer(answer):
 
 @pytest.mark.parametrize("answer", ESCAPES)
 def test_spillover_judge_prompt_contains_the_answer(answer):
-    from evals.spillover import JUDGE_TEMPLATE, fill_code_judge_prompt
+    from evals.spillover_scorers import JUDGE_TEMPLATE, fill_code_judge_prompt
 
     prompt = fill_code_judge_prompt("How are you?", answer)
     head, tail = JUDGE_TEMPLATE.split("{answer}")

@@ -12,7 +12,9 @@ from inspect_ai import eval as inspect_eval
 from inspect_ai.model import ChatMessage, GenerateConfig, ModelAPI, ModelOutput, modelapi
 from inspect_ai.tool import ToolChoice, ToolInfo
 
-from evals.spillover import load_prompts, parse_verdict, spillover
+from evals.spillover import spillover
+from evals.spillover_dataset import load_prompts
+from evals.spillover_scorers import parse_verdict
 from interventions.errors import EmsteerError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -256,7 +258,7 @@ def test_parse_verdict() -> None:
 
 
 def test_split_halves_are_disjoint_and_cover_each_group(tmp_path: Path) -> None:
-    from evals.spillover import load_prompts, split_samples
+    from evals.spillover_dataset import load_prompts, split_samples
 
     samples = load_prompts(_prompts(tmp_path))
     cal, test = split_samples(samples, "calibration"), split_samples(samples, "test")
