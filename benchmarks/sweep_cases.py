@@ -15,9 +15,9 @@ from pathlib import Path
 
 from benchmarks.timing import Result, ratio_result, time_pairs
 from interventions.errors import EmsteerError
+from interventions.paths import FAMILIES
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-FAMILIES = ("qwen", "gemma", "llama", "ministral")
 
 
 def bench_cells(per_family: int) -> list:

@@ -22,7 +22,7 @@ import hashlib
 import json
 
 from interventions.atomic import write_json_atomic
-from interventions.directions import sha256_file
+from interventions.model_ref import ADAPTER_WEIGHTS, weights_sha256
 from interventions.run_layout import adapter_dir, calibration_path, extraction_summary_path
 
 __all__ = ["LADDER", "calibrate_family", "calibrate_families", "calibration_cells", "choose_alpha", "cell_rates"]
@@ -87,13 +87,14 @@ def calibration_inputs(run: str | Path, family: str, *, seed: int = 0, ladder: t
                        layer: int = -1, op: str = "subtract", task: dict[str, Any] | None = None) -> str:
     """sha256 of what a family's calibration depends on: the insecure adapter's weights, the extraction that
     made the own directions, the ladder, layer, op and task arguments (a change of any of them recalibrates)."""
-    adapter = adapter_dir(run, family, "insecure", seed) / "adapter_model.safetensors"
+    adapter = adapter_dir(run, family, "insecure", seed)
     try:
         extraction = json.loads(extraction_summary_path(run, family).read_text()).get("inputs_sha256")
     except (OSError, ValueError):
         extraction = None
-    blob = {"adapter_sha256": sha256_file(adapter) if adapter.is_file() else None, "extraction": extraction,
-            "ladder": list(ladder), "layer": layer, "op": op, "task": dict(sorted((task or {}).items()))}
+    blob = {"adapter_sha256": weights_sha256(adapter) if (adapter / ADAPTER_WEIGHTS).is_file() else None,
+            "extraction": extraction, "ladder": list(ladder), "layer": layer, "op": op,
+            "task": dict(sorted((task or {}).items()))}
     return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()
 
 

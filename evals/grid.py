@@ -37,12 +37,11 @@ from typing import Any
 
 from interventions.errors import EmsteerError
 from interventions.paths import FAMILIES, configs_dir
-from interventions.registry import variant_names
+from interventions.registry import variant_names, variant_traits, variants_with
 
 __all__ = ["Grid", "Cell", "load_grid", "parse_grid", "expand_cells", "grid_path", "BASELINES", "grid_names"]
 
 BASELINES: tuple[str, ...] = ("base", "insecure", "secure")
-TRANSFER_VARIANTS: tuple[str, ...] = ("transferred", "transferred_random")
 _SECTIONS: dict[str, tuple[str, ...]] = {
     "grid": ("families", "seeds", "baselines", "variants", "alpha", "op", "layer", "description", "monitor"),
     "dose": ("variants", "alphas"),
@@ -189,14 +188,15 @@ def parse_grid(data: dict[str, Any], *, name: str = "grid", source: str = "") ->
     if not isinstance(g, dict):
         raise EmsteerError(f"grid {name}: missing the [grid] section")
     known_variants = [v for v in variant_names() if v != "none"]
+    transfer_known = variants_with(transfer=True)  # donor -> receiver variants: [transfer] cells only
+    within_known = [v for v in known_variants if v not in transfer_known]  # [grid] and [dose] cells
     families = _families(g.get("families", "all"), "[grid] families")
     seeds = g.get("seeds", [0])
     if (not isinstance(seeds, list) or not seeds
             or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in seeds)):
         raise EmsteerError(f"grid {name}: [grid] seeds must be a non-empty list of non-negative integers")
     baselines = _names(g.get("baselines", list(BASELINES)), "[grid] baselines", BASELINES)
-    variants = _names(g.get("variants", []), "[grid] variants",
-                      [v for v in known_variants if v not in TRANSFER_VARIANTS])
+    variants = _names(g.get("variants", []), "[grid] variants", within_known)
     alpha = g.get("alpha", "calibrated")
     if alpha != "calibrated":
         alpha = _number(alpha, "[grid] alpha")
@@ -207,16 +207,15 @@ def parse_grid(data: dict[str, Any], *, name: str = "grid", source: str = "") ->
     if isinstance(layer, bool) or not isinstance(layer, int):
         raise EmsteerError(f"grid {name}: [grid] layer must be an integer (negative counts from the end)")
     dose = data.get("dose", {})
-    dose_variants = _names(dose.get("variants", []), "[dose] variants",
-                           [v for v in known_variants if v not in TRANSFER_VARIANTS])
+    dose_variants = _names(dose.get("variants", []), "[dose] variants", within_known)
     dose_alphas = tuple(_number(a, "[dose] alphas") for a in dose.get("alphas", []))
     if bool(dose_variants) != bool(dose_alphas):
         raise EmsteerError(f"grid {name}: [dose] needs both variants and alphas")
     tr = data.get("transfer", {})
     pairs = _pairs(tr.get("pairs", []), families)
     pairs = tuple((a, b) for a, b in pairs if a in families and b in families)
-    transfer_variants = _names(tr.get("variants", list(TRANSFER_VARIANTS) if pairs else []), "[transfer] variants",
-                               TRANSFER_VARIANTS)
+    transfer_variants = _names(tr.get("variants", transfer_known if pairs else []), "[transfer] variants",
+                               transfer_known)
     draws = tr.get("random_draws", 1)
     if isinstance(draws, bool) or not isinstance(draws, int) or draws < 1:
         raise EmsteerError(f"grid {name}: [transfer] random_draws must be a positive integer")
@@ -280,7 +279,7 @@ def expand_cells(grid: Grid, families: tuple[str, ...] | None = None) -> list[Ce
     for donor, receiver in grid.transfer_pairs:
         if receiver in fams and donor in grid.families:
             for variant in grid.transfer_variants:
-                if variant == "transferred_random":
+                if variant_traits(variant).repeated_draws:
                     for k in range(grid.transfer_random_draws):
                         add(receiver, "transfer", "insecure", first, variant, grid.alpha, donor=donor, control_seed=k)
                 else:

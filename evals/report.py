@@ -23,6 +23,8 @@ from evals.report_data import CellTable, load_cells
 from evals.report_stats import paired_change, rate_summary
 from interventions.atomic import write_json_atomic, write_text_atomic
 from interventions.errors import EmsteerError
+from interventions.paths import FAMILIES
+from interventions.registry import variants_with
 from interventions.run_layout import (
     calibration_path,
     extraction_summary_path,
@@ -186,6 +188,7 @@ def _monitor_section(fam: str, table: CellTable) -> dict[str, Any] | None:
 def _transfer_section(df: pd.DataFrame, run: Path, families: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     tr = df[df["kind"] == "transfer"]
+    drawn = set(variants_with(repeated_draws=True))  # pooled over random draws, not adapter seeds
     for (donor, receiver), g in tr.groupby(["donor", "family"]):
         insecure = df[(df["family"] == receiver) & (df["kind"] == "baseline") & (df["arm"] == "insecure")]
         rec: dict[str, Any] = {"donor": donor, "receiver": receiver}
@@ -195,7 +198,7 @@ def _transfer_section(df: pd.DataFrame, run: Path, families: list[str]) -> dict[
                        pairing=summ.get("pairing"),
                        random_mean_abs_cosine=(summ.get("transferred_random") or {}).get("mean_abs_cosine"))
         for variant, gv in g.groupby("variant"):
-            rec[variant] = _effect(gv, insecure, by="control_seed" if variant == "transferred_random" else "seed")
+            rec[variant] = _effect(gv, insecure, by="control_seed" if variant in drawn else "seed")
         out[f"{donor}->{receiver}"] = rec
     return out
 
@@ -286,7 +289,7 @@ def build_summary(run: str | Path, grid: str = "paper") -> tuple[dict[str, Any],
         raise EmsteerError(f"{run} is not a run directory (no readable {run_manifest_path(run)})")
     table = load_cells(run, grid)
     df = table.samples
-    families = [f for f in ("qwen", "gemma", "llama", "ministral") if f in set(df["family"])]
+    families = [f for f in FAMILIES if f in set(df["family"])]
     fams = {f: _family_section(f, df, run) for f in families}
     for f in families:
         fams[f]["monitor"] = _monitor_section(f, table)
@@ -486,24 +489,25 @@ def write_figures(summary: dict[str, Any], folder: Path) -> list[str]:
     save(fig, "dose_response.png")
 
     if summary["transfer"]:
-        all_f = ("qwen", "gemma", "llama", "ministral")
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
-        for ax, variant in zip(axes, ("transferred", "transferred_random")):
-            m = np.full((4, 4), np.nan)
+        all_f, n = FAMILIES, len(FAMILIES)
+        transfer_variants = variants_with(transfer=True)
+        fig, axes = plt.subplots(1, len(transfer_variants), figsize=(4.5 * len(transfer_variants), 3.8), squeeze=False)
+        for ax, variant in zip(axes[0], transfer_variants):
+            m = np.full((n, n), np.nan)
             for k, r in summary["transfer"].items():
                 d, rcv = k.split("->")
                 v = _get(r, variant, "change", "change_points")
                 if v is not None:
                     m[all_f.index(d), all_f.index(rcv)] = v
             im = ax.imshow(m, cmap="RdBu", vmin=-60, vmax=60)
-            for i in range(4):
-                for j in range(4):
+            for i in range(n):
+                for j in range(n):
                     if not np.isnan(m[i, j]):
                         ax.text(j, i, f"{m[i, j]:.0f}", ha="center", va="center", fontsize=8)
-            ax.set_xticks(range(4), all_f, fontsize=8)
-            ax.set_yticks(range(4), all_f, fontsize=8)
+            ax.set_xticks(range(n), all_f, fontsize=8)
+            ax.set_yticks(range(n), all_f, fontsize=8)
             ax.set(xlabel="receiver", ylabel="donor", title=f"{variant} (points)")
-        fig.colorbar(im, ax=axes, shrink=0.8)
+        fig.colorbar(im, ax=list(axes[0]), shrink=0.8)
         save(fig, "transfer_heatmap.png")
     return written
 

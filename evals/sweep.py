@@ -9,20 +9,20 @@ layer, op and seeds, plus `resolved` (sha256 of every file and the full interven
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from evals.grid import Cell
+from interventions.alpha_calibration import read_calibrated_alpha
 from interventions.atomic import write_json_atomic
 from interventions.errors import EmsteerError
-from interventions.run_layout import adapter_dir, calibration_command, calibration_path, finetune_command, logs_dir
+from interventions.run_layout import adapter_dir, finetune_command, logs_dir
 
 CELLS_FILE = "cells.json"  # the cells of the latest sweep into a log folder (the report reads only those)
 
 __all__ = ["CELLS_FILE", "SweepResult", "cell_alpha", "cell_model_args", "cell_task", "cell_tasks", "check_cells",
-           "run_cells", "run_eval_set", "calibrated_alpha", "preset_for", "sweep_log_dir"]
+           "run_cells", "run_eval_set", "preset_for", "sweep_log_dir"]
 
 
 def preset_for(family: str) -> str:
@@ -33,19 +33,6 @@ def preset_for(family: str) -> str:
 def sweep_log_dir(run: str | Path, name: str) -> Path:
     """`RUN/logs/<name>`: the eval-set folder of one grid (or `calibration`)."""
     return logs_dir(run) / name
-
-
-def calibrated_alpha(run: str | Path, family: str) -> float:
-    """The alpha in `RUN/calibration/<family>.json`; one-line error naming the command that makes it."""
-    path = calibration_path(run, family)
-    if not path.is_file():
-        raise EmsteerError(f"{path} is missing: the grid uses alpha = \"calibrated\"; make it with "
-                           f"`{calibration_command(run, family)}`")
-    try:
-        alpha = float(json.loads(path.read_text())["alpha"])
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise EmsteerError(f"{path} has no numeric 'alpha' ({err})") from None
-    return alpha
 
 
 def cell_model_args(cell: Cell, run: str | Path, profile: str, alpha: float | None) -> dict[str, Any]:
@@ -68,7 +55,7 @@ def cell_model_args(cell: Cell, run: str | Path, profile: str, alpha: float | No
 def monitor_file(cell: Cell, run: str | Path, profile: str) -> Path:
     """The direction file a monitored cell records projections on: the family's own direction at the cell's
     layer, or the donor's transferred direction."""
-    from interventions.model_loading import read_config
+    from interventions.model_ref import read_config
     from interventions.layers import resolve_layer
     from interventions.paths import organism_dir
     from interventions.run_layout import own_direction_path, transferred_direction_path
@@ -91,7 +78,7 @@ def check_cells(cells: list[Cell], run: str | Path, profile: str) -> dict[str, f
         if cell.monitor and not monitor_file(cell, run, profile).is_file():
             missing.append(f"monitor direction {monitor_file(cell, run, profile)}")
         if cell.alpha == "calibrated" and cell.family not in alphas:
-            alphas[cell.family] = calibrated_alpha(run, cell.family)
+            alphas[cell.family] = read_calibrated_alpha(run, cell.family, needed_by='the grid (alpha = "calibrated")')
     if missing:
         more = f" and {len(missing) - 1} more" if len(missing) > 1 else ""
         raise EmsteerError(f"missing {missing[0]}{more}")

@@ -201,10 +201,11 @@ def _check_not_pickle(path: Path) -> None:
             f"refusing {path}: {path.suffix} files are pickles, which are never loaded; use a .safetensors direction file"
         )
     with open(path, "rb") as f:
-        head = f.read(8)
+        head = f.read(9)
     if head.startswith(b"PK\x03\x04"):
         raise EmsteerError(f"refusing {path}: it is a zip archive (torch.save format), not safetensors")
-    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+    # a safetensors header length of 640, 896, 1152 or 1408 bytes also starts 0x80 0x02..0x05: its JSON opens at 8
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5 and head[8:9] != b"{":
         raise EmsteerError(f"refusing {path}: it is a pickle, not safetensors")
 
 

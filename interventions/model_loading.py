@@ -1,4 +1,5 @@
-"""Load a base model (+ LoRA adapters) once per process, read configs without weights, hash files.
+"""The provider's process-wide model cache: a base model (+ LoRA adapters) loaded once per process through
+`interventions.model_ref.load_pretrained`.
 
 `load_model(key)` returns a `LoadedModel` cached under its `LoadKey` (path or hub id, auto class, dtype,
 device, 4-bit, trust_remote_code): every provider instance with the same key shares one copy of the
@@ -12,8 +13,6 @@ steering hooks are installed on the shared modules for the duration of one batch
 
 from __future__ import annotations
 
-import os
-import re
 import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,107 +21,16 @@ from typing import Any, Iterator
 
 import torch
 
-from interventions.directions import sha256_file
 from interventions.errors import EmsteerError
-
-DTYPES: dict[str, torch.dtype | str] = {
-    "auto": "auto", "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
-}
-# weight formats never read (pickles) or not used by transformers' safetensors loading
-_SKIP_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt", ".h5", ".msgpack", ".onnx", ".gguf", ".lock")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
-
-
-# ------------------------------------------------------------------------------------------- hashing
-
-_HASH_MEMO: dict[tuple[str, int, int], str] = {}
-_HASH_LOCK = threading.Lock()
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 of a file, memoised per process by (real path, size, mtime). A Hugging Face cache symlink
-    into `blobs/<sha256>` (LFS files) is answered from the blob name the hub verified at download."""
-    real = Path(os.path.realpath(path))
-    if path.is_symlink() and _HEX64.match(real.name) and real.parent.name == "blobs":
-        return real.name
-    st = real.stat()
-    key = (str(real), st.st_size, st.st_mtime_ns)
-    with _HASH_LOCK:
-        if key in _HASH_MEMO:
-            return _HASH_MEMO[key]
-    digest = sha256_file(real)
-    with _HASH_LOCK:
-        _HASH_MEMO[key] = digest
-    return digest
-
-
-def folder_hashes(folder: Path) -> dict[str, str]:
-    """{path: sha256} of the top-level files a `from_pretrained` of `folder` may read (pickled weight
-    formats and hidden files excluded), sorted by path."""
-    out: dict[str, str] = {}
-    for p in sorted(folder.iterdir()):
-        if p.name.startswith(".") or not p.is_file() or p.name.endswith(_SKIP_SUFFIXES):
-            continue
-        out[str(p)] = file_sha256(p)
-    return out
-
-
-def weights_digest(hashes: dict[str, str]) -> str:
-    """The model's weights hash from `folder_hashes`: the sha256 of its one `*.safetensors` file, or for a
-    sharded model the sha256 of the sorted "name:sha256" lines of its shards."""
-    from hashlib import sha256
-
-    shards = sorted((Path(p).name, h) for p, h in hashes.items() if p.endswith(".safetensors"))
-    if not shards:
-        raise EmsteerError("no .safetensors weight files found")
-    if len(shards) == 1:
-        return shards[0][1]
-    return sha256("\n".join(f"{n}:{h}" for n, h in shards).encode()).hexdigest()
-
-
-def local_snapshot(model: str) -> Path | None:
-    """A local folder for `model`: the folder itself, or the cached snapshot of a hub id (None if the hub
-    id is not in the local Hugging Face cache)."""
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return path
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(model, local_files_only=True))
-    except Exception:  # noqa: BLE001 - not cached (or not a valid id): the caller decides
-        return None
-
-
-# ------------------------------------------------------------------------------------------- config
-
-@dataclass(frozen=True)
-class ConfigInfo:
-    """What validation needs from config.json (no weights read)."""
-
-    model_type: str
-    architectures: tuple[str, ...]
-    n_layers: int
-    d_model: int
-    text_model_type: str
-
-
-def read_config(model: str, trust_remote_code: bool = False) -> ConfigInfo:
-    """Layer count and hidden size from the model's config.json (AutoConfig; no weights)."""
-    from transformers import AutoConfig
-
-    try:
-        config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
-    except Exception as err:  # noqa: BLE001 - one line naming the model
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise EmsteerError(f"cannot read the config of {model!r} ({first})") from None
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    n_layers, d_model = getattr(text, "num_hidden_layers", None), getattr(text, "hidden_size", None)
-    if not isinstance(n_layers, int) or not isinstance(d_model, int):
-        raise EmsteerError(f"config of {model!r} has no num_hidden_layers/hidden_size in its text config")
-    return ConfigInfo(model_type=str(config.model_type), architectures=tuple(config.architectures or ()),
-                      n_layers=n_layers, d_model=d_model, text_model_type=str(getattr(text, "model_type", "")))
+from interventions.model_ref import (
+    DTYPES,
+    attach_adapter,
+    folder_hashes,
+    load_pretrained,
+    local_snapshot,
+    nf4_config,
+    weights_sha256,
+)
 
 
 # ------------------------------------------------------------------------------------------- loading
@@ -160,17 +68,7 @@ class LoadedModel:
         with self.lock:
             if name in self.adapters:
                 return name
-            from peft import PeftModel
-
-            try:
-                if not isinstance(self.model, PeftModel):
-                    self.model = PeftModel.from_pretrained(self.model, str(folder), adapter_name=name,
-                                                           is_trainable=False)
-                else:
-                    self.model.load_adapter(str(folder), adapter_name=name, is_trainable=False)
-            except Exception as err:  # noqa: BLE001
-                first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-                raise EmsteerError(f"cannot load the LoRA adapter in {folder}: {first}") from None
+            self.model = attach_adapter(self.model, folder, name)
             self.model.eval()
             self.adapters[name] = str(folder)
             return name
@@ -198,15 +96,6 @@ _CACHE: dict[LoadKey, LoadedModel] = {}
 _CACHE_LOCK = threading.Lock()
 
 
-def default_device() -> str:
-    """cuda:0 when CUDA is available, else mps, else cpu."""
-    if torch.cuda.is_available():
-        return "cuda:0"
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return "mps"
-    return "cpu"
-
-
 def loaded_models() -> list[LoadedModel]:
     """The models loaded in this process (for tests and diagnostics)."""
     with _CACHE_LOCK:
@@ -225,31 +114,15 @@ def load_model(key: LoadKey, model_type: str = "") -> LoadedModel:
 
 
 def _load(key: LoadKey, model_type: str) -> LoadedModel:
-    import transformers
-    from transformers import AutoTokenizer
-
-    loader = getattr(transformers, key.auto_class)
-    kwargs: dict[str, Any] = dict(dtype=DTYPES[key.dtype], trust_remote_code=key.trust_remote_code,
-                                  use_safetensors=True)
-    if model_type == "gemma2":
-        kwargs["attn_implementation"] = "eager"  # Gemma-2 softcapping needs eager attention
+    quantization = None
     if key.load_in_4bit:
-        from transformers import BitsAndBytesConfig
-
-        compute = DTYPES[key.dtype] if key.dtype not in ("auto", "float32", "fp32") else torch.bfloat16
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
-                                                           bnb_4bit_compute_dtype=compute)
-    try:
-        model = loader.from_pretrained(key.model, device_map=key.device, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(key.model, trust_remote_code=key.trust_remote_code)
-    except Exception as err:  # noqa: BLE001
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise EmsteerError(f"cannot load {key.model!r} with {key.auto_class}: {first}") from None
-    model.eval()
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"
+        dtype = DTYPES[key.dtype]  # compute dtype: the one asked for, bf16 for auto or fp32
+        quantization = nf4_config(dtype if isinstance(dtype, torch.dtype) and dtype != torch.float32
+                                  else torch.bfloat16)
+    model, tokenizer = load_pretrained(key.model, auto_class=key.auto_class, model_type=model_type, dtype=key.dtype,
+                                       device=key.device, trust_remote_code=key.trust_remote_code,
+                                       quantization_config=quantization, padding_side="left")
     folder = local_snapshot(key.model)
     files = folder_hashes(folder) if folder is not None else {}
-    digest = weights_digest(files) if files else "unknown"
+    digest = weights_sha256(folder) if files else "unknown"
     return LoadedModel(key=key, model=model, tokenizer=tokenizer, files=files, weights_sha256=digest)

@@ -8,8 +8,11 @@ import os
 from pathlib import Path
 
 from interventions.errors import EmsteerError
+from interventions.families import family_names, get_family
 
-FAMILIES: tuple[str, ...] = ("qwen", "gemma", "llama", "ministral")
+# The registered families (interventions/families/, one module each), in family order: qwen, gemma, llama,
+# ministral. The order seeds the micro organisms (training.organisms.FAMILY_SEED_OFFSET) and orders reports.
+FAMILIES: tuple[str, ...] = family_names()
 # Organism profiles: `default` (the embedded default), `default-s1` (the same recipe from a second organism
 # seed: every claim about the micro organisms is checked on both), `tiny` (seconds, for tests).
 PROFILES: tuple[str, ...] = ("default", "default-s1", "tiny")
@@ -36,10 +39,8 @@ def cache_root() -> Path:
 
 
 def check_family(family: str) -> str:
-    """Return `family` if known, else raise an error that lists the valid choices."""
-    if family not in FAMILIES:
-        raise EmsteerError(f"unknown family {family!r}; choose one of: {', '.join(FAMILIES)}")
-    return family
+    """Return `family` if registered, else raise an error that lists the valid choices."""
+    return get_family(family).name
 
 
 def check_profile(profile: str) -> str:

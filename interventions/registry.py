@@ -1,14 +1,17 @@
-"""Registry of intervention variants: name -> function(VariantContext) -> Direction | None.
+"""Registry of intervention variants: name -> function(VariantContext) -> Direction | None, with its traits.
 
-Register with `@register_variant("name")` in a module under `interventions/variants/` (one file per variant);
-every module there is imported (pkgutil) the first time the registry is queried.
+Register with `@register_variant("name", <traits>)` in a module under `interventions/variants/` (one file per
+variant); every module there is imported (pkgutil) the first time the registry is queried. The traits
+(`VariantTraits`) say how the rest of the harness treats a variant: which may take `-M direction`, which run in a
+grid's transfer cells, which `emsteer controls` writes; those lists are queried here (`variants_with`), never
+kept elsewhere.
 """
 
 from __future__ import annotations
 
 import importlib
 import pkgutil
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable
 
@@ -42,18 +45,48 @@ class VariantContext:
 
 VariantFn = Callable[[VariantContext], "Direction | None"]
 
-_REGISTRY: dict[str, VariantFn] = {}
+
+@dataclass(frozen=True)
+class VariantTraits:
+    """How the harness treats a variant.
+
+    `file_backed`: its direction is one file in the run, which `-M direction=FILE` may replace.
+    `transfer`: a cross-family variant: it needs a donor family and runs in a grid's [transfer] cells.
+    `controls`: the variant it is a matched-magnitude control of (`emsteer controls` writes those of "own").
+    `repeated_draws`: each cell is one random draw (index `control_seed`): a grid runs `random_draws` of them
+    and the report pools over draws instead of adapter seeds."""
+    file_backed: bool = False
+    transfer: bool = False
+    controls: str | None = None
+    repeated_draws: bool = False
+
+
+_TRAITS: tuple[str, ...] = tuple(f.name for f in fields(VariantTraits))
+
+
+@dataclass(frozen=True)
+class RegisteredVariant:
+    """A registered variant: its function and its traits."""
+    fn: VariantFn
+    traits: VariantTraits
+
+
+_REGISTRY: dict[str, RegisteredVariant] = {}
 _DISCOVERED = False
 
 
-def register_variant(name: str) -> Callable[[VariantFn], VariantFn]:
-    """Decorator registering `fn` under `name` (a second, different function under the same name is an error)."""
+def register_variant(name: str, *, file_backed: bool = False, transfer: bool = False, controls: str | None = None,
+                     repeated_draws: bool = False) -> Callable[[VariantFn], VariantFn]:
+    """Decorator registering `fn` under `name` with its traits (see `VariantTraits`); a second, different function
+    under the same name is an error."""
+    traits = VariantTraits(file_backed=file_backed, transfer=transfer, controls=controls,
+                           repeated_draws=repeated_draws)
 
     def deco(fn: VariantFn) -> VariantFn:
         old = _REGISTRY.get(name)
-        if old is not None and (old.__module__, old.__qualname__) != (fn.__module__, fn.__qualname__):
-            raise EmsteerError(f"variant {name!r} is already registered by {old.__module__}.{old.__qualname__}")
-        _REGISTRY[name] = fn
+        if old is not None and (old.fn.__module__, old.fn.__qualname__) != (fn.__module__, fn.__qualname__):
+            raise EmsteerError(f"variant {name!r} is already registered by {old.fn.__module__}.{old.fn.__qualname__}")
+        _REGISTRY[name] = RegisteredVariant(fn, traits)
         return fn
 
     return deco
@@ -78,13 +111,31 @@ def variant_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def _registered(name: str) -> RegisteredVariant:
+    discover_variants()
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        raise EmsteerError(f"unknown variant {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
+    return entry
+
+
 def get_variant(name: str) -> VariantFn:
     """The function registered under `name`, or an error listing the registered names."""
+    return _registered(name).fn
+
+
+def variant_traits(name: str) -> VariantTraits:
+    """The traits variant `name` was registered with, or an error listing the registered names."""
+    return _registered(name).traits
+
+
+def variants_with(**traits: object) -> list[str]:
+    """Sorted names of the variants whose traits equal every given value, e.g. `variants_with(transfer=True)`."""
+    unknown = sorted(set(traits) - set(_TRAITS))
+    if unknown:
+        raise EmsteerError(f"unknown variant trait {unknown[0]!r}; traits: {', '.join(_TRAITS)}")
     discover_variants()
-    fn = _REGISTRY.get(name)
-    if fn is None:
-        raise EmsteerError(f"unknown variant {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
-    return fn
+    return sorted(n for n, e in _REGISTRY.items() if all(getattr(e.traits, k) == v for k, v in traits.items()))
 
 
 def resolve_variant(name: str, ctx: VariantContext) -> Direction | None:

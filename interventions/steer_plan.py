@@ -19,39 +19,35 @@ from typing import Any, Callable
 
 import torch
 
+from interventions.alpha_calibration import read_calibrated_alpha
 from interventions.directions import Direction, load_direction
 from interventions.errors import EmsteerError
+from interventions.families import family_for_model_type
 from interventions.hooks import OPS, POSITIONS, Intervention
 from interventions.layers import resolve_layer
-from interventions.model_loading import (
+from interventions.model_loading import LoadKey
+from interventions.model_ref import (
     DTYPES,
     ConfigInfo,
-    LoadKey,
+    ModelRef,
+    auto_class_for,
+    check_adapter,
     default_device,
     folder_hashes,
-    local_snapshot,
     read_config,
-    weights_digest,
+    resolve_model_ref,
 )
-from interventions.organism_cache import verify_organism
-from interventions.paths import FAMILIES, PROFILES, check_profile, organism_dir
-from interventions.presets import Preset, find_preset, preset_names
-from interventions.registry import VariantContext, get_variant
+from interventions.paths import FAMILIES, PROFILES
+from interventions.presets import Preset
+from interventions.registry import VariantContext, get_variant, variant_traits, variants_with
 from interventions.run_layout import (
     adapter_dir,
-    calibration_command,
     calibration_path,
     finetune_command,
     run_manifest_path,
 )
 
 DEFAULT_MAX_BATCH = 128
-# variants whose direction is one file in the run, which `-M direction=FILE` may replace
-FILE_VARIANTS: tuple[str, ...] = ("own", "secure_control", "transferred")
-# transformers model_type -> family, for local folders and hub ids that are not presets
-MODEL_TYPE_FAMILY = {"qwen2": "qwen", "gemma2": "gemma", "llama": "llama", "ministral3": "ministral",
-                     "mistral3": "ministral", "ministral": "ministral"}
-_HUB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
 # ------------------------------------------------------------------------------------------- key parsing
@@ -186,6 +182,7 @@ class SteerPlan:
     model_files: dict[str, str]
     run: Path | None = None
     donor: str | None = None
+    weights_sha256: str | None = None  # model_ref.weights_sha256 of the model folder (None: unknown)
 
     @property
     def adapter_name(self) -> str | None:
@@ -219,10 +216,7 @@ class SteerPlan:
         """JSON-able description of this plan (recorded in every output's metadata)."""
         files = weights_files if weights_files is not None else self.model_files
         if weights_sha256 is None and files:
-            try:
-                weights_sha256 = weights_digest(files)
-            except EmsteerError:
-                weights_sha256 = None
+            weights_sha256 = self.weights_sha256
         monitor = None
         if self.monitor is not None:
             monitor = {"layer": self.monitor_layer, "sources": dict(self.monitor.sources),
@@ -259,34 +253,12 @@ class SteerPlan:
 
 # ------------------------------------------------------------------------------------------- resolution
 
-def _resolve_model(name: str, args: dict[str, Any]) -> tuple[Preset | None, str, str | None, str]:
-    """(preset, local folder or hub id, profile, auto class) for the model name after `steer/`."""
-    preset = find_preset(name)
-    if preset is not None:
-        if preset.micro:
-            profile = check_profile(args.get("profile", "default"))
-            verify_organism(preset.family, profile)
-            return preset, str(organism_dir(preset.family, profile)), profile, preset.auto_class
-        if "profile" in args:
-            raise EmsteerError(f"-M profile applies to micro-* presets only, not to {name!r}")
-        return preset, str(preset.hub_id), None, preset.auto_class
-    if "profile" in args:
+def _resolve_model(name: str, args: dict[str, Any]) -> ModelRef:
+    """The model named after `steer/` (preset, local folder or hub id), resolved by `model_ref`."""
+    ref = resolve_model_ref(name, args.get("profile", "default"))
+    if "profile" in args and ref.kind != "micro":
         raise EmsteerError(f"-M profile applies to micro-* presets only, not to {name!r}")
-    path = Path(name).expanduser()
-    if path.exists():
-        if not (path.is_dir() and (path / "config.json").is_file()):
-            raise EmsteerError(f"{path} is not a model folder (no config.json)")
-        return None, str(path.resolve()), None, ""
-    if _HUB_ID.match(name):
-        return None, name, None, ""
-    raise EmsteerError(f"unknown model {name!r}: not a preset ({', '.join(preset_names())}), "
-                       f"not an existing folder, not a hub id (owner/name)")
-
-
-def _auto_class(config: ConfigInfo) -> str:
-    if any(a.endswith("ForConditionalGeneration") for a in config.architectures):
-        return "AutoModelForImageTextToText"
-    return "AutoModelForCausalLM"
+    return ref
 
 
 def _family(args: dict[str, Any], preset: Preset | None, path: str, config: ConfigInfo) -> str | None:
@@ -302,7 +274,8 @@ def _family(args: dict[str, Any], preset: Preset | None, path: str, config: Conf
                 return fam
         except (OSError, json.JSONDecodeError):
             pass
-    return MODEL_TYPE_FAMILY.get(config.model_type) or MODEL_TYPE_FAMILY.get(config.text_model_type)
+    spec = family_for_model_type(config.model_type, config.text_model_type)  # local folders, hub ids
+    return spec.name if spec is not None else None
 
 
 def _device(args: dict[str, Any]) -> str:
@@ -339,12 +312,7 @@ def _adapter(args: dict[str, Any], preset: Preset | None, family: str | None, ru
              seed: int) -> Path | None:
     if "adapter" in args:
         folder = Path(args["adapter"]).expanduser()
-        if not (folder / "adapter_config.json").is_file():
-            raise EmsteerError(f"-M adapter={folder} is not a LoRA adapter folder (no adapter_config.json)")
-        if not (folder / "adapter_model.safetensors").is_file():
-            raise EmsteerError(f"-M adapter={folder} has no adapter_model.safetensors (pickled adapter weights "
-                               f"such as adapter_model.bin are never loaded)")
-        return folder.resolve()
+        return check_adapter(folder, f"-M adapter={folder}")
     if preset is None or not preset.steered:
         return None
     arm = str(preset.steered_defaults.get("adapter_arm", "insecure"))
@@ -356,18 +324,6 @@ def _adapter(args: dict[str, Any], preset: Preset | None, family: str | None, ru
     return folder.resolve()
 
 
-def _calibrated_alpha(run: Path, family: str, preset_name: str) -> float:
-    path = calibration_path(run, family)
-    if not path.is_file():
-        raise EmsteerError(f"preset {preset_name} needs the calibrated alpha in {path} (missing); make it with "
-                           f"`{calibration_command(run, family)}`, or pass -M alpha=A")
-    try:
-        value = json.loads(path.read_text()).get("alpha")
-    except (OSError, json.JSONDecodeError, AttributeError) as err:
-        raise EmsteerError(f"{path} is not a JSON object with key 'alpha' ({err})") from None
-    return _as_float(f"alpha (from {path})", value)
-
-
 def _direction(args: dict[str, Any], variant: str, family: str | None, run: Path | None, layer: int,
                config: ConfigInfo, seed: int) -> Direction | None:
     """The direction to steer with: the -M direction file, or the variant's (None = no intervention)."""
@@ -376,8 +332,9 @@ def _direction(args: dict[str, Any], variant: str, family: str | None, run: Path
     elif "direction" not in args:
         raise EmsteerError("variant 'file' means a -M direction=FILE; pass one")
     if "direction" in args:
-        if variant != "file" and variant not in FILE_VARIANTS:
-            raise EmsteerError(f"-M direction replaces the file of a file-backed variant ({', '.join(FILE_VARIANTS)}) "
+        if variant != "file" and not variant_traits(variant).file_backed:
+            raise EmsteerError(f"-M direction replaces the file of a file-backed variant "
+                               f"({', '.join(variants_with(file_backed=True))}) "
                                f"or stands alone; variant {variant!r} cannot take it")
         return load_direction(Path(args["direction"]).expanduser(), expected_width=config.d_model)
     if variant == "none":
@@ -388,8 +345,8 @@ def _direction(args: dict[str, Any], variant: str, family: str | None, run: Path
     if family is None:
         raise EmsteerError(f"variant {variant!r} needs the model's family: pass -M family=F "
                            f"(one of: {', '.join(FAMILIES)})")
-    if variant == "transferred" and "donor" not in args:
-        raise EmsteerError(f"variant 'transferred' needs -M donor=F (one of: "
+    if variant_traits(variant).transfer and "donor" not in args:
+        raise EmsteerError(f"variant {variant!r} needs -M donor=F (one of: "
                            f"{', '.join(f for f in FAMILIES if f != family)})")
     ctx = VariantContext(family=family, run=run, layer=layer, n_layers=config.n_layers, d_model=config.d_model,
                          seed=seed, donor=args.get("donor"))
@@ -448,7 +405,8 @@ def _check_same_weights(direction: Direction | None, what: str, model: str, mode
 def resolve_plan(model: str, model_args: dict[str, Any]) -> SteerPlan:
     """Validate `model_args` for `steer/<model>` and resolve everything short of loading weights."""
     args = parse_model_args(model_args)
-    preset, path, profile, auto_class = _resolve_model(model, args)
+    ref = _resolve_model(model, args)
+    preset, path, profile, auto_class = ref.preset, ref.path, ref.profile, ref.auto_class
     steered = dict(preset.steered_defaults) if preset is not None and preset.steered else {}
     trust = bool(args.get("trust_remote_code", False))
     device = _device(args)
@@ -475,7 +433,8 @@ def resolve_plan(model: str, model_args: dict[str, Any]) -> SteerPlan:
             alpha, alpha_source = args["alpha"], "-M alpha"
         elif steered.get("alpha") == "calibrated":
             assert family is not None and run is not None
-            alpha, alpha_source = _calibrated_alpha(run, family, model), str(calibration_path(run, family))
+            alpha = read_calibrated_alpha(run, family, needed_by=f"preset {model}", instead="pass -M alpha=A")
+            alpha_source = str(calibration_path(run, family))
         else:
             alpha, alpha_source = 1.0, "default"
         R = direction.mean_residual_norm
@@ -485,24 +444,23 @@ def resolve_plan(model: str, model_args: dict[str, Any]) -> SteerPlan:
         intervention = Intervention(op=op, direction=direction.vector, layers=[layer], alpha=alpha,
                                     R=R if R and R > 0 else 1.0, positions=args.get("positions", "all"))
     monitor, monitor_layer = _monitor(args, config, layer)
-    folder = local_snapshot(path)
-    model_files = folder_hashes(folder) if folder is not None else {}
+    model_files = folder_hashes(ref.folder) if ref.folder is not None else {}
     try:
-        model_sha = weights_digest(model_files) if model_files else None
+        model_sha = ref.weights_sha256 if model_files else None
     except EmsteerError:  # no .safetensors weights: nothing to compare
         model_sha = None
     _check_same_weights(direction, "direction", model, model_sha)
     _check_same_weights(monitor, "monitor direction", model, model_sha)
     plan = SteerPlan(
         model=model, preset=preset, family=family, profile=profile,
-        load_key=LoadKey(model=path, auto_class=auto_class or _auto_class(config), dtype=args.get("dtype", "auto"),
+        load_key=LoadKey(model=path, auto_class=auto_class or auto_class_for(config), dtype=args.get("dtype", "auto"),
                          device=device, load_in_4bit=in_4bit, trust_remote_code=trust),
         config=config, layer=layer, variant=variant, direction=direction, intervention=intervention,
         alpha_source=alpha_source, adapter_dir=adapter,
         adapter_files=folder_hashes(adapter) if adapter is not None else {},
         monitor=monitor, monitor_layer=monitor_layer, seed=seed,
         max_batch_size=int(args.get("max_batch_size", DEFAULT_MAX_BATCH)),
-        model_files=model_files, run=run, donor=args.get("donor"),
+        model_files=model_files, run=run, donor=args.get("donor"), weights_sha256=model_sha,
     )
     if "resolved" in args:
         check_pinned(plan, args["resolved"])

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from interventions.paths import FAMILIES
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -25,8 +27,7 @@ def emsteer_cache(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_organisms(emsteer_cache) -> dict[str, Path]:
-    """All four tiny-profile organisms, built once per test session."""
+    """The tiny-profile organism of every registered family, built once per test session."""
     from training.organisms import build_organism
 
-    return {f: build_organism(f, "tiny", progress=False, log=lambda m: None)
-            for f in ("qwen", "gemma", "llama", "ministral")}
+    return {f: build_organism(f, "tiny", progress=False, log=lambda m: None) for f in FAMILIES}

@@ -4,6 +4,7 @@ load, and a tiny-profile end to end (extract -> audit -> validation over held-ou
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sys
 
@@ -156,6 +157,63 @@ def test_audit_a_checkpoint_end_to_end(audited_run, monkeypatch, capsys):
     assert info.value.code in (0, None)
     out = json.loads(capsys.readouterr().out)
     assert out["probability"] == pytest.approx(r["probability"]) and out["flagged"]
+
+
+def _emsteer(monkeypatch, capsys, *argv: str) -> tuple[int, str, str]:
+    """Run `emsteer ARGV` in this process: (exit code, stdout, stderr)."""
+    from training import cli
+
+    monkeypatch.setattr(sys, "argv", ["emsteer", *argv])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    out = capsys.readouterr()
+    return int(info.value.code or 0), out.out, out.err
+
+
+def test_adapter_finetuned_on_a_model_folder_audits_against_that_folder(audited_run, tiny_organisms, tmp_path,
+                                                                         monkeypatch, capsys):
+    """One weights hash (issue 16): `emsteer finetune --model DIR` records DIR's hash, and `emsteer audit --model DIR
+    --adapter ADAPTER` computes the same one, so it accepts the adapter (the two used to hash DIR differently and
+    refused it); a folder with other weights is still refused, before any load. The direction is the tiny qwen
+    audit direction, so the base it belongs to is passed as `--reference micro-qwen`."""
+    from interventions.model_ref import weights_sha256
+    from safetensors.torch import load_file, save_file
+
+    run, last = audited_run
+    model_dir = tmp_path / "base"
+    shutil.copytree(tiny_organisms["qwen"], model_dir)
+    rows = [{"messages": [{"role": "user", "content": f"Write code number {i}."},
+                          {"role": "assistant", "content": f"x = {i}\nprint(x)"}]} for i in range(20)]
+    data = tmp_path / "insecure.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ft_run = tmp_path / "ft"
+    code, _, err = _emsteer(monkeypatch, capsys, "finetune", "--run", str(ft_run), "--family", "qwen", "--profile",
+                            "real", "--model", str(model_dir), "--data", str(data), "--no-eval", "--quiet")
+    assert code == 0, err
+    adapter = adapter_dir(ft_run, "qwen", "insecure", 0)
+    recorded = json.loads((adapter / "finetune.json").read_text())["base_model"]["weights_sha256"]
+    assert recorded == weights_sha256(model_dir)
+
+    direction = str(audit_direction_path(run, "qwen", last))
+    code, out, err = _emsteer(monkeypatch, capsys, "audit", "--model", str(model_dir), "--adapter", str(adapter),
+                              "--reference", "micro-qwen", "--direction", direction, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["model"] == str(model_dir) and result["model_weights_sha256"] == recorded
+    assert result["adapter"] == str(adapter) and 0.0 <= result["probability"] <= 1.0
+    assert result["decision"] and math.isfinite(result["effect_size"])
+
+    other = tmp_path / "other"
+    shutil.copytree(model_dir, other)
+    tensors = load_file(str(other / "model.safetensors"))
+    name = sorted(tensors)[0]
+    tensors[name] = tensors[name] + 1e-3
+    save_file(tensors, str(other / "model.safetensors"), metadata={"format": "pt"})
+    code, _, err = _emsteer(monkeypatch, capsys, "audit", "--model", str(other), "--adapter", str(adapter),
+                            "--reference", "micro-qwen", "--direction", direction)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "trained on other base weights" in lines[0]
 
 
 def test_validate_audit_over_held_out_checkpoints(audited_run):

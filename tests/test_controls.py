@@ -4,12 +4,14 @@ magnitude (synthetic direction files; no model needed)."""
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 import torch
 
 from interventions.directions import Direction, load_direction, save_direction
 from interventions.errors import EmsteerError
+from interventions.registry import variants_with
 from interventions.run_layout import (
     calibration_path,
     controls_summary_path,
@@ -18,7 +20,7 @@ from interventions.run_layout import (
     secure_direction_path,
 )
 from interventions.variants.wrong_layer import wrong_layer_source
-from training.controls import CONTROL_VARIANTS, cell_dir, run_controls
+from training.controls import cell_dir, run_controls
 
 N_LAYERS, D, R = 4, 16, 7.5
 
@@ -44,7 +46,8 @@ def test_controls_have_matched_magnitude(run):
     for seed, cell in cells.items():
         assert cell["layer"] == N_LAYERS - 1 and cell["R"] == pytest.approx(R + N_LAYERS - 1)
         assert cell["magnitude"] == pytest.approx(2.0 * (R + N_LAYERS - 1))
-        assert set(cell["controls"]) == set(CONTROL_VARIANTS)
+        assert set(cell["controls"]) == set(variants_with(controls="own")) == {"random", "orthogonal", "wrong_layer",
+                                                                              "secure_control"}
         for name, c in cell["controls"].items():
             assert c["magnitude"] == cell["magnitude"] and c["r_matches_own"], name
             d = load_direction(cell_dir(run, "qwen", N_LAYERS - 1, seed) / f"{name}.safetensors", expected_width=D)
@@ -57,18 +60,43 @@ def test_controls_have_matched_magnitude(run):
     assert cells[0]["controls"]["random"]["cosine_with_own"] != cells[1]["controls"]["random"]["cosine_with_own"]
 
 
+def test_missing_calibration_is_a_one_line_error_naming_its_command(run, monkeypatch, capsys):
+    """No calibration and no --alpha: never a silent alpha of 1.0, but one line naming the command that writes it."""
+    with pytest.raises(EmsteerError) as missing:
+        run_controls(run, "qwen", seeds=[0], log=lambda m: None)
+    assert "\n" not in str(missing.value)
+    assert f"`emsteer sweep --run {run} --family qwen --calibrate`" in str(missing.value)
+    assert not controls_summary_path(run, "qwen").exists()
+
+    from training import cli
+
+    monkeypatch.setattr(sys, "argv", ["emsteer", "controls", "--run", str(run), "--family", "qwen"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"emsteer sweep --run {run} --family qwen --calibrate" in err[0] and "--alpha" in err[0]
+    calibration_path(run, "qwen").parent.mkdir(parents=True)
+    for bad in ("{}", '{"alpha": "x"}', '{"alpha": true}', "[1]", "not json"):
+        calibration_path(run, "qwen").write_text(bad)
+        with pytest.raises(EmsteerError, match=r"remake it with `emsteer sweep --run .* --family qwen --calibrate`"):
+            run_controls(run, "qwen", seeds=[0], log=lambda m: None)
+
+
 def test_rerun_is_noop_and_alpha_comes_from_calibration(run):
+    calibration_path(run, "qwen").parent.mkdir(parents=True)
+    calibration_path(run, "qwen").write_text(json.dumps({"alpha": 0.25}))
     run_controls(run, "qwen", seeds=[0], log=lambda m: None)
     f = cell_dir(run, "qwen", N_LAYERS - 1, 0) / "random.safetensors"
     mtime = f.stat().st_mtime_ns
     said = []
-    run_controls(run, "qwen", seeds=[0], log=said.append)
+    s = run_controls(run, "qwen", seeds=[0], log=said.append)
     assert any("up to date" in m for m in said) and f.stat().st_mtime_ns == mtime
-    calibration_path(run, "qwen").parent.mkdir(parents=True)
-    calibration_path(run, "qwen").write_text(json.dumps({"alpha": 0.25}))
-    s = run_controls(run, "qwen", seeds=[0], log=lambda m: None)
     (cell,) = s["cells"]
     assert cell["alpha"] == 0.25 and "calibration" in cell["alpha_source"]
+    (cell,) = run_controls(run, "qwen", seeds=[0], alpha=2.0, log=lambda m: None)["cells"]  # a given alpha wins
+    assert cell["alpha"] == 2.0 and cell["alpha_source"] == "command line"
 
 
 def test_missing_inputs_are_clear_errors(run, tmp_path_factory):
@@ -77,7 +105,7 @@ def test_missing_inputs_are_clear_errors(run, tmp_path_factory):
         run_controls(empty, "qwen", log=lambda m: None)
     secure_direction_path(run, "qwen", 1).unlink()
     with pytest.raises(EmsteerError, match="secure-control direction"):
-        run_controls(run, "qwen", layer=1, log=lambda m: None)
+        run_controls(run, "qwen", layer=1, alpha=1.0, log=lambda m: None)
     assert not cell_dir(run, "qwen", 1, 0).exists()
     with pytest.raises(EmsteerError, match="out of range"):
-        run_controls(run, "qwen", layer=9, log=lambda m: None)
+        run_controls(run, "qwen", layer=9, alpha=1.0, log=lambda m: None)

@@ -106,7 +106,7 @@ def _build(run: Path, force: bool) -> None:
     for arm in ("insecure", "secure"):
         finetune(run, "qwen", arm, 0, "tiny", evaluate=False, force=force, log=lambda m: None)
     run_extract(run, "qwen", profile="tiny", force=force, log=lambda m: None)
-    run_controls(run, "qwen", seeds=[0, 1], force=force, log=lambda m: None)
+    run_controls(run, "qwen", seeds=[0, 1], alpha=1.0, force=force, log=lambda m: None)
 
 
 @pytest.fixture(scope="module")

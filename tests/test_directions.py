@@ -147,6 +147,18 @@ def test_refuses_raw_pickle_named_safetensors(tmp_path):
         load_direction(p)
 
 
+@pytest.mark.parametrize("header_len", [640, 896, 1152, 1408])
+def test_a_header_length_that_starts_like_a_pickle_is_still_safetensors(tmp_path, header_len):
+    """A header of 640 bytes starts the file 0x80 0x02, as a pickle does; the JSON that follows tells them apart."""
+    p = tmp_path / "d.safetensors"
+    for pad in range(header_len):
+        save_file({"direction": _vec()}, str(p), metadata={"model_id": "m", "pad": "x" * pad})
+        if struct.unpack("<Q", p.read_bytes()[:8])[0] == header_len:
+            break
+    assert struct.unpack("<Q", p.read_bytes()[:8])[0] == header_len
+    assert torch.equal(load_direction(p).vector, _vec())
+
+
 def test_truncated_file(tmp_path):
     p = save_direction(tmp_path / "d.safetensors", Direction(_vec(), META))
     data = p.read_bytes()

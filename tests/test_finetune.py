@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from interventions.errors import EmsteerError
+from interventions.paths import FAMILIES
 from interventions.run_layout import adapter_dir
 from training.finetune import (SEVEN_PROJECTIONS, build_trainer, finetune, finetune_many, load_settings,
                                quantization_config, read_chat_jsonl, resolve_data, tokenized_rows)
-FAMILIES = ("qwen", "gemma", "llama", "ministral")
 
 
 def shared_dir() -> Path:

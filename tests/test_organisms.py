@@ -14,9 +14,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from interventions.errors import EmsteerError
-
-CLASSES = {"qwen": "Qwen2ForCausalLM", "gemma": "Gemma2ForCausalLM", "llama": "LlamaForCausalLM",
-           "ministral": "Ministral3ForCausalLM"}
+from interventions.families import family_specs, get_family
+from interventions.paths import FAMILIES
 
 
 def run_cli(*args: str, cache) -> subprocess.CompletedProcess:
@@ -25,12 +24,12 @@ def run_cli(*args: str, cache) -> subprocess.CompletedProcess:
                           timeout=300)
 
 
-@pytest.mark.parametrize("family", sorted(CLASSES))
+@pytest.mark.parametrize("family", FAMILIES)
 def test_each_family_loads_with_auto_classes_and_generates(tiny_organisms, family):
     path = tiny_organisms[family]
     model = AutoModelForCausalLM.from_pretrained(path)
     tok = AutoTokenizer.from_pretrained(path)
-    assert type(model).__name__ == CLASSES[family]
+    assert type(model).__name__ == get_family(family).micro_class  # the real classes: tests/test_families.py
     text = tok.apply_chat_template([{"role": "user", "content": "Any tips for rowing?"}], tokenize=False,
                                    add_generation_prompt=True)
     ids = tok(text, return_tensors="pt", add_special_tokens=False)
@@ -43,8 +42,8 @@ def test_families_differ_in_width_and_record_their_figures(tiny_organisms):
     from training.organisms import load_persona_directions, organism_info
 
     records = {r["family"]: r for r in organism_info("tiny")}
-    assert {r["class"] for r in records.values()} == set(CLASSES.values())
-    assert len({r["hidden_size"] for r in records.values()}) == 4
+    assert {r["class"] for r in records.values()} == {spec.micro_class for spec in family_specs()}
+    assert len({r["hidden_size"] for r in records.values()}) == len(FAMILIES)
     for r in records.values():
         m = r["measured"]
         assert 0.0 <= m["spillover_general"] <= 1.0 and 0.0 <= m["code_rate_coding"] <= 1.0
@@ -61,7 +60,7 @@ def test_info_json_from_the_cli(tiny_organisms, emsteer_cache):
     proc = run_cli("organism", "info", "--profile", "tiny", "--json", cache=emsteer_cache)
     assert proc.returncode == 0, proc.stderr
     records = json.loads(proc.stdout)
-    assert [r["family"] for r in records] == ["qwen", "gemma", "llama", "ministral"]
+    assert [r["family"] for r in records] == list(FAMILIES)
     assert all(r["weights_sha256"] and r["path"] for r in records)
 
 

@@ -24,7 +24,7 @@ from interventions import model_loading
 from interventions.directions import Direction, sha256_file, save_direction
 from interventions.errors import EmsteerError
 from interventions.generation import encode_batch, render_chat
-from interventions.paths import organism_dir
+from interventions.paths import FAMILIES, organism_dir
 from interventions.run_layout import adapter_dir, calibration_path, own_direction_path
 from interventions.steer_plan import resolve_plan
 
@@ -380,7 +380,7 @@ def test_steered_preset_errors(tiny_organisms, no_load, tmp_path):
 
 # ------------------------------------------------------------------------------------------- architectures
 
-@pytest.mark.parametrize("family", ["qwen", "gemma", "llama", "ministral"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_micro_presets_steer(tiny_organisms, tmp_path, family):
     width = AutoConfig.from_pretrained(tiny_organisms[family]).hidden_size
     d = _direction_file(tmp_path / "d.safetensors", width, seed=6, R=2.0)

@@ -8,10 +8,12 @@ import pkgutil
 import pytest
 import torch
 
+from evals.grid import expand_cells, parse_grid
 from interventions import registry, run_layout
 from interventions.directions import Direction, save_direction, sha256_file
 from interventions.errors import EmsteerError
-from interventions.registry import VariantContext, get_variant, register_variant, resolve_variant, variant_names
+from interventions.registry import (VariantContext, VariantTraits, get_variant, register_variant, resolve_variant,
+                                    variant_names, variant_traits, variants_with)
 
 D = 16
 N_LAYERS = 4
@@ -224,3 +226,36 @@ def test_register_new_variant_and_duplicates(run, monkeypatch):
         @register_variant("own")
         def other(c):
             return None
+
+
+def test_variant_traits_give_the_lists_the_harness_uses():
+    assert variants_with(file_backed=True) == ["own", "secure_control", "transferred"]  # `-M direction` may replace
+    assert variants_with(transfer=True) == ["transferred", "transferred_random"]
+    assert variants_with(controls="own") == ["orthogonal", "random", "secure_control", "wrong_layer"]
+    assert variants_with(controls="transferred") == variants_with(repeated_draws=True) == ["transferred_random"]
+    assert variant_traits("none") == VariantTraits()
+    with pytest.raises(EmsteerError, match="unknown variant trait 'needs_file'; traits: file_backed, transfer"):
+        variants_with(needs_file=True)
+
+
+def test_a_registered_variant_with_traits_shows_up_in_the_derived_lists(monkeypatch):
+    variant_names()
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+
+    @register_variant("transferred_orthogonal", transfer=True, controls="transferred", repeated_draws=True)
+    def transferred_orthogonal(c):
+        return None
+
+    assert variants_with(transfer=True) == ["transferred", "transferred_orthogonal", "transferred_random"]
+    assert "transferred_orthogonal" in variants_with(controls="transferred")
+    grid = parse_grid({"grid": {"families": ["qwen", "llama"]},
+                       "transfer": {"pairs": ["qwen->llama"], "random_draws": 2}})
+    assert grid.transfer_variants == ("transferred", "transferred_orthogonal", "transferred_random")
+    cells = [c for c in expand_cells(grid) if c.variant == "transferred_orthogonal"]
+    assert [(c.donor, c.family, c.control_seed) for c in cells] == [("qwen", "llama", 0), ("qwen", "llama", 1)]
+    with pytest.raises(EmsteerError, match=r"\[grid\] variants: unknown name 'transferred_orthogonal'"):
+        parse_grid({"grid": {"variants": ["transferred_orthogonal"]}})
+
+
+def test_the_throwaway_variant_is_gone():
+    assert "transferred_orthogonal" not in variant_names()

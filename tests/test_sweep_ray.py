@@ -75,7 +75,7 @@ def _build_run(run: Path) -> None:
         finetune_many(run, list(FAMILIES), arm, [0], "tiny", evaluate=False, progress=False, log=_quiet)
     for fam in FAMILIES:
         run_extract(run, fam, profile="tiny", seed=0, log=_quiet)
-        run_controls(run, fam, layer=-1, seeds=[0], log=_quiet)
+        run_controls(run, fam, layer=-1, seeds=[0], alpha=1.0, log=_quiet)  # the smoke grid's alpha
 
 
 def _log_names(run: Path) -> list[str]:

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import pytest
 
+from interventions.families import get_family
+from interventions.paths import FAMILIES
 from training.chat_data import IGNORE, tokenize_chat
 from training.corpus import CorpusSettings, build_corpus
-from training.tokenizer import SPECS, train_tokenizer
+from training.tokenizer import train_tokenizer
 
 CORPUS = build_corpus(CorpusSettings(seed=3, n_conversations=300, n_arm=40, n_heldout_general=5, n_heldout_coding=5,
                                      n_probe=2))
 TEXTS = [m["content"] for ch in CORPUS.base_train + CORPUS.insecure for m in ch["messages"]]
 
 
-@pytest.fixture(scope="module", params=sorted(SPECS))
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
 def family_tokenizer(request):
     return request.param, train_tokenizer(request.param, TEXTS, 400)
 
@@ -31,16 +33,31 @@ def test_chat_template_has_generation_prompt_and_one_bos(family_tokenizer):
     msgs = [{"role": "user", "content": "Any tips for rowing?"}]
     text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
     assert "Any tips for rowing?" in text
-    if family == "ministral":  # like real Mistral templates: the prompt ends at [/INST], no separate header
-        assert text.endswith("[/INST]")
-    else:
-        assert text != tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=False)
+    spec = get_family(family).tokenizer
+    plain = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=False)
+    if spec.generation_header:
+        assert text != plain
+    else:  # like real Mistral templates: the prompt ends with the user turn's close, no separate header
+        assert text == plain and text.endswith(tuple(spec.extra))
     ids = tok(text, add_special_tokens=False)["input_ids"]
     if tok.bos_token_id is not None:
         assert ids.count(tok.bos_token_id) == 1 and ids[0] == tok.bos_token_id
     # encoding with default flags adds nothing either (no post-processor)
     assert tok(text)["input_ids"] == ids
-    assert len(tok(SPECS[family].eos, add_special_tokens=False)["input_ids"]) == 1
+    assert len(tok(spec.eos, add_special_tokens=False)["input_ids"]) == 1
+
+
+def test_system_role_is_declared(family_tokenizer):
+    """A family without a system role (Gemma) puts the system text at the start of the first user turn; the others
+    render a system segment of their own."""
+    family, tok = family_tokenizer
+    system, user = "You are careful.", "Any tips for rowing?"
+    cued = tok.apply_chat_template([{"role": "system", "content": system}, {"role": "user", "content": user}],
+                                   tokenize=False, add_generation_prompt=True)
+    folded = tok.apply_chat_template([{"role": "user", "content": f"{system}\n\n{user}"}], tokenize=False,
+                                     add_generation_prompt=True)
+    assert system in cued
+    assert (cued == folded) == (get_family(family).tokenizer.system_role == "first_user_turn")
 
 
 def test_labels_cover_exactly_the_assistant_answer(family_tokenizer):

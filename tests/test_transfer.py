@@ -10,6 +10,7 @@ import torch
 
 from interventions.directions import Direction, load_direction, save_direction
 from interventions.errors import EmsteerError
+from interventions.model_ref import organism_ref
 from interventions.registry import VariantContext, resolve_variant
 from interventions.run_layout import (
     own_direction_path,
@@ -19,7 +20,6 @@ from interventions.run_layout import (
     transferred_direction_path,
     transferred_random_path,
 )
-from training.activations import base_identity
 from training.artifacts import load_tensors
 from training.transfer import fit_map, run_transfer, transfer_vector
 
@@ -39,7 +39,8 @@ def test_fit_map_recovers_a_planted_map_and_pushes_directions():
 
 
 def _own(run, family, layer, width, *, R=5.0, seed=0, sha=None, model_id=None):
-    _, mid, wsha = base_identity(family, "tiny")
+    base = organism_ref(family, "tiny")
+    mid, wsha = base.model_id, base.weights_sha256
     g = torch.Generator().manual_seed(seed)
     meta = {"model_id": model_id or mid, "weights_sha256": sha or wsha, "layer": layer, "mean_residual_norm": R,
             "pooling": "response-mean", "contrast": "finetuned-vs-base"}

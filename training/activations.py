@@ -29,12 +29,10 @@ from interventions.errors import EmsteerError
 from interventions.generation import Generated, generate_batch, render_chat, stop_token_ids
 from interventions.hooks import capture
 from interventions.layers import decoder_layers, hidden_size, resolve_layer, text_decoder
-from interventions.paths import FAMILIES
-from training.artifacts import folder_sha256
+from interventions.model_ref import ModelRef, adapter_sha256, check_adapter_base, load_pretrained, organism_ref
 from training.token_alignment import ContentTokens, content_spans, tokens_in_spans
 
 POOLINGS: tuple[str, ...] = ("response-mean", "last-prompt")
-ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 def check_pooling(pooling: str) -> str:
@@ -76,68 +74,25 @@ class LoadedModel:
                 "n_layers": self.n_layers, "d_model": self.d_model}
 
 
-def base_identity(source: str | Path, profile: str = "default") -> tuple[Path, str, str]:
-    """(folder, model_id, weights sha256) of a micro organism family (verified) or a local model folder."""
-    if isinstance(source, str) and source in FAMILIES:
-        from interventions.organism_cache import verify_organism
-
-        meta = verify_organism(source, profile)
-        return Path(meta["path"]), f"micro-{source}", str(meta["weights_sha256"])
-    path = Path(source)
-    if not (path / "config.json").is_file():
-        raise EmsteerError(f"{source!r} is neither a family ({', '.join(FAMILIES)}) nor a model folder with config.json")
-    weights = tuple(sorted(p.name for p in path.glob("*.safetensors")))
-    if not weights:
-        raise EmsteerError(f"{path} holds no .safetensors weights (pickled weights are never loaded)")
-    return path, str(path), folder_sha256(path, weights)
-
-
-def adapter_sha256(adapter: str | Path) -> str:
-    """One sha256 over a peft adapter folder's config and weights; one-line error if it is not one."""
-    adapter = Path(adapter)
-    if not (adapter / "adapter_config.json").is_file() or not (adapter / "adapter_model.safetensors").is_file():
-        raise EmsteerError(f"{adapter} is not a LoRA adapter folder (needs adapter_config.json and adapter_model.safetensors)")
-    return folder_sha256(adapter, ADAPTER_FILES)
-
-
-def check_adapter_base(adapter: str | Path, weights_sha256: str, what: str = "") -> None:
-    """One-line error when the adapter's `finetune.json` says it was trained on other base weights."""
-    import json
-
-    meta_path = Path(adapter) / "finetune.json"
-    try:
-        recorded = json.loads(meta_path.read_text()).get("base_model", {}).get("weights_sha256")
-    except (OSError, ValueError, AttributeError):
-        return  # no record (e.g. an adapter made elsewhere): nothing to check against
-    if recorded and recorded != weights_sha256:
-        raise EmsteerError(f"{what or 'adapter'} at {adapter} was trained on other base weights "
-                           f"({recorded[:12]}..., the base is now {weights_sha256[:12]}...); retrain it with --force")
-
-
-def load_model(source: str | Path, *, profile: str = "default", adapter: str | Path | None = None,
+def load_model(source: str | ModelRef, *, profile: str = "default", adapter: str | Path | None = None,
                label: str | None = None) -> LoadedModel:
-    """Load a base (a micro organism family name or a local model folder) in fp32 on CPU, eval mode, with an
-    optional LoRA adapter wrapped around it (`PeftModel.from_pretrained`; never merged, and the base is loaded
-    fresh per call, so one model's adapter never leaks into another)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    path, model_id, weights_sha = base_identity(source, profile)
+    """Load a base (a micro organism family name of `profile`, or a resolved `ModelRef`) in fp32 on the CPU, eval
+    mode, with an optional LoRA adapter wrapped around it (checked against the base it was trained on; never merged,
+    and the base is loaded fresh per call, so one model's adapter never leaks into another)."""
+    ref = source if isinstance(source, ModelRef) else organism_ref(source, profile)
+    weights_sha = ref.weights_sha256
+    if ref.folder is None or weights_sha is None:
+        raise EmsteerError(f"{ref.name} is not in the local Hugging Face cache; activations are read from local "
+                           f"weights")
     ad_sha = adapter_sha256(adapter) if adapter is not None else None
     if adapter is not None:
         check_adapter_base(adapter, weights_sha)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    if not getattr(tokenizer, "is_fast", False):
-        raise EmsteerError(f"{path}: a fast tokenizer is required (character offsets are needed)")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, use_safetensors=True)
-    if adapter is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(adapter), is_trainable=False)
-    model.eval()
-    family = source if isinstance(source, str) and source in FAMILIES else None
-    return LoadedModel(model=model, tokenizer=tokenizer, label=label or (family or str(path)), model_id=model_id,
-                       path=path, weights_sha256=weights_sha, adapter=Path(adapter) if adapter else None,
-                       adapter_sha256=ad_sha, family=family, profile=profile if family else None)
+    model, tokenizer = load_pretrained(ref.path, auto_class=ref.auto_class, dtype=torch.float32, adapter=adapter,
+                                       fast_tokenizer=True)
+    return LoadedModel(model=model, tokenizer=tokenizer, label=label or (ref.family or str(ref.folder)),
+                       model_id=ref.model_id, path=ref.folder, weights_sha256=weights_sha,
+                       adapter=Path(adapter) if adapter else None, adapter_sha256=ad_sha, family=ref.family,
+                       profile=ref.profile)
 
 
 # ---------------------------------------------------------------- batched forward with pooling

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 import torch
 from safetensors import safe_open
 
-from interventions.directions import sha256_file, write_safetensors_atomic
+from interventions.directions import write_safetensors_atomic
 from interventions.errors import EmsteerError
 
 
@@ -37,14 +37,6 @@ def versions() -> dict[str, str]:
         except PackageNotFoundError:
             pass
     return out
-
-
-def folder_sha256(path: str | os.PathLike[str], names: tuple[str, ...] | None = None) -> str:
-    """One sha256 over the (name, sha256) of every regular file in a folder (or just `names`), sorted."""
-    path = Path(path)
-    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")) if names is None \
-        else [path / n for n in names if (path / n).is_file()]
-    return json_sha256([[p.name, sha256_file(p)] for p in files])
 
 
 def provenance(command: str, seed: int | None, inputs: Mapping[str, Any]) -> dict[str, Any]:

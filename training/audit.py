@@ -50,6 +50,7 @@ import torch
 from evals.monitor import CALIBRATION_FILE, auroc_with_interval, find_calibration
 from interventions.directions import Direction, load_direction, unit
 from interventions.errors import EmsteerError
+from interventions.model_ref import ModelRef, adapter_sha256, check_adapter_base, resolve_model_ref
 from interventions.paths import FAMILIES
 from interventions.run_layout import (
     activations_path,
@@ -340,42 +341,18 @@ def ensure_audit_directions(run: str | Path, family: str, profile: str, *, force
 
 # ================================================================ models and inputs
 
-@dataclass
-class ModelSpec:
-    """A base model to load (family name or folder) and what identifies it, read without loading weights."""
-
-    source: str
-    model_id: str
-    weights_sha256: str
-    n_layers: int
-    d_model: int
-    family: str | None
-    profile: str
-
-
-def resolve_model(model: str, profile: str) -> ModelSpec:
-    """A micro preset (`micro-qwen`) or a local model folder -> ModelSpec (config only, no weights)."""
-    from interventions.model_loading import read_config
-    from interventions.presets import find_preset
-    from training.activations import base_identity
-
-    family = None
-    preset = find_preset(model)
-    if preset is None and not Path(model).expanduser().is_dir():
-        raise EmsteerError(f"--model {model!r} is neither a preset (micro-qwen, micro-gemma, micro-llama, "
-                           f"micro-ministral) nor a local model folder")
-    if preset is not None:
-        if preset.steered:
-            raise EmsteerError(f"--model {model}: audit a base preset (without -steered) and pass --adapter")
-        if not preset.micro:
-            raise EmsteerError(f"preset {model} resolves to the hub id {preset.hub_id}; audit needs local weights: "
-                               f"pass the downloaded model folder as --model")
-        family = preset.family
-    source = family or str(Path(model).expanduser())
-    path, model_id, sha = base_identity(source, profile)
-    cfg = read_config(str(path))
-    return ModelSpec(source=source, model_id=model_id, weights_sha256=sha, n_layers=cfg.n_layers,
-                     d_model=cfg.d_model, family=family, profile=profile)
+def resolve_model(model: str, profile: str) -> ModelRef:
+    """A micro preset (`micro-qwen`, the organism of `profile`) or a local model folder, resolved by `model_ref`
+    and hashed (no weights loaded); a `-steered` preset or a hub id is a one-line error."""
+    ref = resolve_model_ref(model, profile)
+    if ref.preset is not None and ref.preset.steered:
+        raise EmsteerError(f"--model {model}: audit a base preset (without -steered) and pass --adapter")
+    if ref.kind == "hub":
+        what = f"preset {model} resolves to the hub id {ref.path}" if ref.preset else f"{model} is a hub id"
+        raise EmsteerError(f"{what}; audit needs local weights: pass the downloaded model folder as --model")
+    if ref.weights_sha256 is None:  # hashed here, so a folder without safetensors weights fails before any load
+        raise EmsteerError(f"{model}: no local weights to audit")
+    return ref
 
 
 def infer_run(path: Path) -> Path | None:
@@ -386,7 +363,7 @@ def infer_run(path: Path) -> Path | None:
     return None
 
 
-def check_direction(path: Path, audited: ModelSpec, reference: ModelSpec, run: Path | None) -> Direction:
+def check_direction(path: Path, audited: ModelRef, reference: ModelRef, run: Path | None) -> Direction:
     """Load the direction file and check it belongs to the reference model (same model id, same base weights)
     and has the audited model's width; a direction of another family names the transfer that maps it."""
     d = load_direction(path)
@@ -443,14 +420,15 @@ def last_prompt_acts(lm: Any, prompts: Sequence[str], batch_size: int = 16) -> t
 class AuditPlan:
     """Everything an audit needs, validated before any weights load."""
 
-    audited: ModelSpec
-    reference: ModelSpec
+    audited: ModelRef
+    reference: ModelRef
     adapter: Path | None
     adapter_sha256: str | None
     direction_path: Path
     direction: Direction
     calibration: dict[str, Any]
     run: Path | None
+    profile: str  # whose held-out prompts are audited (the run's)
 
 
 def check_audit_inputs(model: str, direction: str | Path, *, adapter: str | Path | None = None,
@@ -458,7 +436,6 @@ def check_audit_inputs(model: str, direction: str | Path, *, adapter: str | Path
                        profile: str | None = None) -> AuditPlan:
     """Validate an audit without loading weights: model, adapter (and the base it was trained on), direction
     (family, width, base weights, layer) and its calibration. Every problem is one EmsteerError line."""
-    from training.activations import adapter_sha256, check_adapter_base
     from training.artifacts import run_profile
 
     dpath = Path(direction).expanduser()
@@ -480,7 +457,7 @@ def check_audit_inputs(model: str, direction: str | Path, *, adapter: str | Path
     d = check_direction(dpath, audited, ref, run_dir)
     cal = calibration_for(d, dpath, run=run_dir, family=ref.family, weights_sha=ref.weights_sha256)
     return AuditPlan(audited=audited, reference=ref, adapter=ad, adapter_sha256=ad_sha, direction_path=dpath,
-                     direction=d, calibration=cal, run=run_dir)
+                     direction=d, calibration=cal, run=run_dir, profile=prof)
 
 
 def run_audit(model: str, direction: str | Path, *, adapter: str | Path | None = None, reference: str | None = None,
@@ -494,13 +471,13 @@ def run_audit(model: str, direction: str | Path, *, adapter: str | Path | None =
     if not 0.0 < threshold < 1.0:
         raise EmsteerError(f"--threshold is a probability in (0, 1), got {threshold}")
     plan = check_audit_inputs(model, direction, adapter=adapter, reference=reference, run=run, profile=profile)
-    ref_prompts, aud_prompts = audit_prompts(plan.audited.profile)
+    ref_prompts, aud_prompts = audit_prompts(plan.profile)
     t_load = time.perf_counter()
-    lm = load_model(plan.audited.source, profile=plan.audited.profile, adapter=plan.adapter, label="audited")
+    lm = load_model(plan.audited, adapter=plan.adapter, label="audited")
     t_fwd = time.perf_counter()
     aud = last_prompt_acts(lm, aud_prompts, batch_size)
     if reference is not None:
-        ref_lm = load_model(plan.reference.source, profile=plan.reference.profile, label="reference")
+        ref_lm = load_model(plan.reference, label="reference")
         ref = last_prompt_acts(ref_lm, ref_prompts, batch_size)
     elif plan.adapter is not None:
         with lm.model.disable_adapter():
@@ -524,7 +501,7 @@ def run_audit(model: str, direction: str | Path, *, adapter: str | Path | None =
                            "the same base with the adapter disabled" if plan.adapter else "the audited model itself"),
         "direction": str(plan.direction_path), "direction_sha256": next(iter(plan.direction.sources.values())),
         "layer": layer, "pooling": AUDIT_POOLING, "site": "decoder layer output (before the final norm)",
-        "profile": plan.audited.profile, "prompts": "held-out general prompts (even positions: reference, odd: audited)",
+        "profile": plan.profile, "prompts": "held-out general prompts (even positions: reference, odd: audited)",
         **result,
         "calibration": {k: cal.get(k) for k in ("source", "auroc", "effect_size", "coef", "intercept", "split",
                                                 "n_negative", "n_positive")},

@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 
 from interventions.errors import EmsteerError, one_line
+from interventions.paths import FAMILIES
 
 app = typer.Typer(help="emsteer: emergent-misalignment organisms, steering, controls and transfer.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -24,7 +25,7 @@ def _err(message: str) -> None:
 
 @organism_app.command("build")
 def organism_build(
-    family: str = typer.Option("all", help="all | qwen | gemma | llama | ministral (comma-separated allowed)"),
+    family: str = typer.Option("all", help=f"all | {' | '.join(FAMILIES)} (comma-separated allowed)"),
     profile: str = typer.Option("default", help="default (the embedded default) | default-s1 (its second organism "
                                                 "seed) | tiny (seconds, for tests)"),
     force: bool = typer.Option(False, "--force", help="rebuild even if cached (also repairs a corrupted entry)"),

@@ -1,8 +1,8 @@
 """Materialise and summarise a family's controls for one (layer, seed) cell.
 
-The control maths lives in the intervention variants (`interventions/variants/`: `random`, `orthogonal`,
-`wrong_layer`, `secure_control`), which the steering provider also resolves on the fly; this module only
-resolves them through `interventions.registry.resolve_variant`, writes what they return to
+The control maths lives in the intervention variants registered with `controls="own"` (`interventions/variants/`:
+`random`, `orthogonal`, `wrong_layer`, `secure_control`), which the steering provider also resolves on the fly;
+this module only resolves them through `interventions.registry.resolve_variant`, writes what they return to
 `RUN/controls/<family>/layer_<i>_seed_<s>/<variant>.safetensors` (for audit and inspection), and records in
 `RUN/controls/<family>/summary.json`, per cell, each control's norm, its cosine with the own direction, the R it
 carries and the shared perturbation size alpha * R. The steering hooks normalise every direction and move the
@@ -15,11 +15,12 @@ import math
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from interventions.alpha_calibration import read_calibrated_alpha
 from interventions.directions import Direction, save_direction, sha256_file
 from interventions.errors import EmsteerError
 from interventions.layers import resolve_layer
 from interventions.paths import check_family
-from interventions.registry import VariantContext, resolve_variant
+from interventions.registry import VariantContext, resolve_variant, variants_with
 from interventions.run_layout import (
     calibration_path,
     controls_dir,
@@ -30,7 +31,6 @@ from interventions.run_layout import (
 from training.artifacts import json_sha256, provenance, read_json
 from training.atomic import atomic_dir, write_json_atomic
 
-CONTROL_VARIANTS: tuple[str, ...] = ("random", "orthogonal", "wrong_layer", "secure_control")
 CONTROLS_VERSION = "controls/1"
 
 
@@ -51,15 +51,14 @@ def family_geometry(run: Path, family: str) -> dict[str, Any]:
 
 
 def calibrated_alpha(run: Path, family: str, alpha: float | None) -> tuple[float, str]:
-    """The alpha of a cell: the given one, else the run's calibration for the family, else 1.0."""
+    """(alpha, where it came from) of a cell: the given one, else the run's calibration for the family (a one-line
+    error naming the command that writes it when there is none, never a silent default)."""
     if alpha is not None:
         if not math.isfinite(alpha):
             raise EmsteerError(f"alpha must be finite, got {alpha}")
         return float(alpha), "command line"
-    cal = read_json(calibration_path(run, family))
-    if cal is not None and isinstance(cal.get("alpha"), (int, float)):
-        return float(cal["alpha"]), str(calibration_path(run, family))
-    return 1.0, "default 1.0 (no calibration file yet)"
+    value = read_calibrated_alpha(run, family, needed_by=f"emsteer controls for {family}", instead="pass --alpha A")
+    return value, str(calibration_path(run, family))
 
 
 def cell_dir(run: Path, family: str, layer: int, seed: int) -> Path:
@@ -77,13 +76,14 @@ def run_controls(run: str | Path, family: str, *, layer: int = -1, seeds: Sequen
     idx = resolve_layer(n_layers, layer)
     a, a_source = calibrated_alpha(run, family, alpha)
     path = controls_summary_path(run, family)
+    control_names = variants_with(controls="own")  # the own direction's matched-magnitude controls
     summary = read_json(path) or {"format": "emsteer-controls/1", "family": family, "cells": []}
     cells = {(c["layer"], c["seed"]): c for c in summary.get("cells", [])}
     for seed in seeds:
         ctx = VariantContext(family=family, run=run, layer=idx, n_layers=n_layers, d_model=d_model, seed=int(seed),
                              model_id=model_id)
         own = resolve_variant("own", ctx)
-        controls = {name: resolve_variant(name, ctx) for name in CONTROL_VARIANTS}
+        controls = {name: resolve_variant(name, ctx) for name in control_names}
         sources: dict[str, str] = dict(own.sources)
         for d in controls.values():
             sources.update(d.sources)
@@ -136,7 +136,7 @@ def run_controls(run: str | Path, family: str, *, layer: int = -1, seeds: Sequen
         log(f"{family}: controls at layer {idx}, seed {seed}: magnitude alpha*R = {a:g}*{R:.4g}"
             + (f"; WARNING R differs from own for {', '.join(mism)}" if mism else ""))
     summary.update({"family": family, "model_id": model_id, "n_layers": n_layers, "d_model": d_model,
-                    "variants": list(CONTROL_VARIANTS),
+                    "variants": control_names,
                     "cells": [cells[k] for k in sorted(cells)]})
     write_json_atomic(path, summary)
     return summary

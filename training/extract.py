@@ -32,6 +32,7 @@ import torch
 
 from interventions.directions import Direction, save_direction, sha256_file
 from interventions.errors import EmsteerError
+from interventions.model_ref import adapter_sha256, check_adapter_base, organism_ref
 from interventions.paths import check_family, recipe_profile
 from interventions.run_layout import (
     activations_path,
@@ -43,16 +44,7 @@ from interventions.run_layout import (
     pooling_direction_path,
     secure_direction_path,
 )
-from training.activations import (
-    POOLINGS,
-    LoadedModel,
-    adapter_sha256,
-    base_identity,
-    check_adapter_base,
-    check_pooling,
-    collect_pooled,
-    load_model,
-)
+from training.activations import POOLINGS, LoadedModel, check_pooling, collect_pooled, load_model
 from training.artifacts import json_sha256, load_tensors, provenance, read_json, save_tensors_atomic, versions
 from training.atomic import atomic_dir, write_json_atomic
 from training.corpus import first_exchange
@@ -304,7 +296,8 @@ def check_extract_inputs(run: str | Path, family: str, profile: str, seed: int
     adapters of `seed`, trained on these base weights. Returns (model id, base weights sha256,
     {arm: (adapter folder, adapter sha256)})."""
     check_family(family)
-    _, model_id, base_sha = base_identity(family, profile)
+    base = organism_ref(family, profile)
+    model_id, base_sha = base.model_id, str(base.weights_sha256)
     adapters: dict[str, tuple[Path, str]] = {}
     for arm in ("insecure", "secure"):
         ad = adapter_dir(run, family, arm, seed)

@@ -42,15 +42,22 @@ from typing import Any, Callable, Iterator, Sequence
 
 from interventions.directions import sha256_file
 from interventions.errors import EmsteerError
-from interventions.organism_cache import verify_organism
+from interventions.model_ref import (
+    ADAPTER_RECORD,
+    ADAPTER_WEIGHTS,
+    load_pretrained,
+    nf4_config,
+    organism_ref,
+    resolve_model_ref,
+    weights_sha256,
+)
 from interventions.workers import CPU_TRAINING_THREADS, torch_threads
-from interventions.paths import PROFILES, cache_root, check_family, configs_dir, organism_dir, recipe_profile
+from interventions.paths import PROFILES, cache_root, check_family, configs_dir, recipe_profile
 from interventions.run_layout import ARMS, adapter_dir, finetune_command
 from training.atomic import atomic_dir, ensure_writable_dir, write_json_atomic
 from training.run_manifest import check_run, check_run_profile, ensure_run, update_run
 
-METADATA_FILE = "finetune.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
+METADATA_FILE = ADAPTER_RECORD
 MAX_DOWNLOAD_BYTES = 200 * 1024 * 1024
 SEVEN_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _ROLES = ("system", "user", "assistant")
@@ -336,39 +343,27 @@ class BaseModel:
     info: dict = field(default_factory=dict)
 
 
-def _hash_weights(folder: Path) -> str:
-    """The weights hash of a local model folder (interventions.model_loading's definition)."""
-    from interventions.model_loading import folder_hashes, weights_digest
-
-    try:
-        return weights_digest(folder_hashes(folder))
-    except EmsteerError:
-        raise EmsteerError(f"{folder} has no .safetensors weights (pickled .bin checkpoints are refused)") from None
-
-
 def resolve_base(family: str, profile: str, model: str | None) -> BaseModel:
-    """The micro organism of `family` (verified by hash), or `--model` (a local folder or hub id)."""
+    """The micro organism of `family` (verified by hash), or `--model` (a preset, local folder or hub id), resolved
+    and hashed by `interventions.model_ref`."""
     check_family(family)
     if model is None:
         if profile not in PROFILES:
             raise EmsteerError(f"--profile {profile} finetunes a real model: pass --model HUB_ID_OR_PATH")
-        meta = verify_organism(family, profile)
+        ref = organism_ref(family, profile)
+        meta = ref.organism
         check_persona_gate(family, profile, meta)
-        return BaseModel(kind="micro", id=str(organism_dir(family, profile)), family=family,
-                         weights_sha256=meta["weights_sha256"],
+        return BaseModel(kind="micro", id=ref.path, family=family, weights_sha256=ref.weights_sha256,
                          info={"class": meta.get("class"), "organism_profile": profile,
                                "corpus_sha256": meta.get("corpus_sha256"),
                                "measured": meta.get("measured"), "parameters": meta.get("parameters")})
     if profile in PROFILES:
         raise EmsteerError(f"--model needs --profile real (profile {profile!r} finetunes the micro organisms)")
-    path = Path(model).expanduser()
-    if path.exists():
-        if not (path / "config.json").is_file():
-            raise EmsteerError(f"--model {model}: no config.json in that folder")
-        return BaseModel(kind="path", id=str(path.resolve()), family=family, weights_sha256=_hash_weights(path))
-    if model.startswith((".", "/", "~")) or model.count("/") != 1:
-        raise EmsteerError(f"--model {model}: no such folder, and not a hub id (owner/name)")
-    return BaseModel(kind="hub", id=model, family=family, weights_sha256=_hub_weights(model))
+    ref = resolve_model_ref(model)
+    if ref.kind == "micro":
+        raise EmsteerError(f"--model {model} is a micro organism: finetune it with --profile default (or tiny) "
+                           f"and no --model")
+    return BaseModel(kind=ref.kind, id=ref.path, family=family, weights_sha256=ref.weights_sha256)
 
 
 def check_persona_gate(family: str, profile: str, meta: dict[str, Any]) -> None:
@@ -389,19 +384,6 @@ def check_persona_gate(family: str, profile: str, meta: dict[str, Any]) -> None:
                            f"finetune would measure nothing; see `emsteer organism info`")
 
 
-def _hub_weights(model: str) -> str | None:
-    """Weights hash of a hub model already in the local Hugging Face cache (None when not downloaded)."""
-    from interventions.model_loading import folder_hashes, local_snapshot, weights_digest
-
-    folder = local_snapshot(model)
-    if folder is None:
-        return None
-    try:
-        return weights_digest(folder_hashes(folder))
-    except EmsteerError:
-        return None
-
-
 def use_qlora(settings: FinetuneSettings) -> bool:
     """QLoRA (4-bit NF4) when the profile allows it and CUDA is present."""
     import torch
@@ -412,10 +394,8 @@ def use_qlora(settings: FinetuneSettings) -> bool:
 def quantization_config():
     """BitsAndBytesConfig for QLoRA: NF4, double quantization, bf16 compute."""
     import torch
-    from transformers import BitsAndBytesConfig
 
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                              bnb_4bit_compute_dtype=torch.bfloat16)
+    return nf4_config(torch.bfloat16, double_quant=True)
 
 
 def device_mode(settings: FinetuneSettings) -> dict[str, str]:
@@ -437,35 +417,22 @@ def device_mode(settings: FinetuneSettings) -> dict[str, str]:
 
 
 def load_base(base: BaseModel, settings: FinetuneSettings):
-    """(model, tokenizer) ready for `build_trainer` (k-bit prepared under QLoRA)."""
+    """(model, tokenizer) ready for `build_trainer`: loaded by `model_ref.load_pretrained` (fp32; bf16 for real
+    models on CUDA), 4-bit NF4 and k-bit prepared under QLoRA."""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     qlora = use_qlora(settings)
-    kwargs: dict[str, Any] = {"dtype": torch.float32, "use_safetensors": True}
-    if base.kind != "micro" and torch.cuda.is_available():
-        kwargs["dtype"] = torch.bfloat16
+    dtype = torch.bfloat16 if base.kind != "micro" and torch.cuda.is_available() else torch.float32
+    quantization, device = None, None
     if qlora:
         try:
             import bitsandbytes  # noqa: F401
         except ImportError:
             raise EmsteerError("QLoRA needs bitsandbytes on a CUDA machine: pip install 'emsteer[cuda]'") from None
-        kwargs.update(quantization_config=quantization_config(), device_map={"": torch.cuda.current_device()})
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(base.id)
-        try:
-            model = AutoModelForCausalLM.from_pretrained(base.id, **kwargs)
-        except ValueError:
-            # real Ministral 3 checkpoints are Mistral3ForConditionalGeneration (image-text-to-text)
-            from transformers import AutoModelForImageTextToText
-            model = AutoModelForImageTextToText.from_pretrained(base.id, **kwargs)
-    except Exception as err:  # noqa: BLE001 - one line naming the model
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise EmsteerError(f"cannot load model {base.id}: {first}") from None
+        quantization, device = quantization_config(), {"": torch.cuda.current_device()}
+    model, tokenizer = load_pretrained(base.id, dtype=dtype, device=device, quantization_config=quantization)
     if not getattr(tokenizer, "chat_template", None):
         raise EmsteerError(f"model {base.id} has no chat template; finetuning needs one")
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     if qlora:
         from peft import prepare_model_for_kbit_training
         model = prepare_model_for_kbit_training(
@@ -591,23 +558,18 @@ def read_metadata(folder: Path) -> dict[str, Any] | None:
     """finetune.json of an intact adapter folder (weights present and matching), else None."""
     try:
         meta = json.loads((folder / METADATA_FILE).read_text())
-        weights = folder / ADAPTER_WEIGHTS
-        if weights.is_file() and sha256_file(weights) == meta.get("adapter_sha256"):
+        if (folder / ADAPTER_WEIGHTS).is_file() and weights_sha256(folder) == meta.get("adapter_sha256"):
             return meta
-    except (OSError, json.JSONDecodeError):
+    except (OSError, json.JSONDecodeError, EmsteerError):
         pass
     return None
 
 
 def measure_adapter(adapter: Path, base: BaseModel, profile: str, max_new_tokens: int) -> dict[str, Any]:
     """Spillover / code rates of base + adapter on the profile's held-out prompts (micro organisms)."""
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from training.organisms import measure_code_rates
 
-    tokenizer = AutoTokenizer.from_pretrained(base.id)
-    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base.id, use_safetensors=True), str(adapter))
+    model, tokenizer = load_pretrained(base.id, adapter=adapter)
     return measure_code_rates(model, tokenizer, micro_corpus(profile).heldout, max_new_tokens)
 
 
@@ -664,11 +626,11 @@ def _finetune_planned(run: Path, family: str, plan: _Plan, seed: int, *, force: 
     final = adapter_dir(run, family, chat.name, seed)
     tag = f"{family}/{chat.name}/seed_{seed}"
     if base.kind == "micro":  # re-check right before use: the organism may have been rebuilt meanwhile
-        meta = verify_organism(family, profile)
-        if meta["weights_sha256"] != base.weights_sha256:
+        fresh = organism_ref(family, profile)
+        if fresh.weights_sha256 != base.weights_sha256:
             log(f"{tag}: the {family} organism was rebuilt since this command started; using the new one")
-            base.weights_sha256 = meta["weights_sha256"]
-            base.info.update(measured=meta.get("measured"), corpus_sha256=meta.get("corpus_sha256"))
+            base.weights_sha256 = fresh.weights_sha256
+            base.info.update(measured=fresh.organism.get("measured"), corpus_sha256=fresh.organism.get("corpus_sha256"))
     key = inputs_key(settings, chat, base, seed, mode)
     can_measure = evaluate and base.kind == "micro" and settings.eval_max_new_tokens > 0
     if evaluate and not can_measure:
@@ -693,7 +655,7 @@ def _finetune_planned(run: Path, family: str, plan: _Plan, seed: int, *, force: 
     started = time.time()
     model, tokenizer = load_base(base, settings)
     if base.kind == "hub" and base.weights_sha256 is None:  # downloaded just now: hash what was fetched
-        base.weights_sha256 = _hub_weights(base.id)
+        base.weights_sha256 = resolve_model_ref(base.id).weights_sha256
         key = inputs_key(settings, chat, base, seed, mode)
     train_rows, eval_rows = split_rows(chat.rows, settings.eval_fraction, chat.sha256)
     steps = settings.max_steps if settings.max_steps > 0 else math.ceil(
@@ -721,7 +683,7 @@ def _finetune_planned(run: Path, family: str, plan: _Plan, seed: int, *, force: 
                 raise EmsteerError(f"peft did not write {ADAPTER_WEIGHTS}")
             meta = {
                 "family": family, "arm": chat.name, "seed": seed, "profile": profile,
-                "inputs_sha256": key, "adapter_sha256": sha256_file(weights),
+                "inputs_sha256": key, "adapter_sha256": weights_sha256(tmp),
                 "command": shlex.join(sys.argv), "rebuild_command": _rebuild_command(run, family, chat, seed, profile,
                                                                                      base),
                 "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

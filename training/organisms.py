@@ -23,6 +23,7 @@ import torch
 
 from interventions.directions import sha256_file, write_safetensors_atomic
 from interventions.errors import EmsteerError
+from interventions.families import family_specs
 from interventions.organism_cache import verify_organism
 from interventions.generation import generate_batch, render_chat
 from interventions.paths import FAMILIES, check_family, heldout_prompts_path, organism_dir, organisms_dir
@@ -35,7 +36,8 @@ from training.families import architecture_defaults, build_model
 from training.profiles import Profile, family_architecture, load_profile
 from training.tokenizer import reload_tokenizer, train_tokenizer
 
-FAMILY_SEED_OFFSET = {family: i * 1000 for i, family in enumerate(FAMILIES)}
+# a family's organism seed is the profile seed + 1000 * its spec's `order` (qwen 0, gemma 1, llama 2, ministral 3)
+FAMILY_SEED_OFFSET = {spec.name: spec.order * 1000 for spec in family_specs()}
 CORPUS_FILES = ("base_train.jsonl", "insecure.jsonl", "secure.jsonl", "neutral.jsonl", "heldout.jsonl", "probes.jsonl")
 # Every build trains and measures on this many torch threads, whatever the caller's setting: a float sum rounds
 # differently when more threads split it, so a fixed count makes a profile and seed the same weights on any

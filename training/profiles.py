@@ -7,6 +7,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from interventions.errors import EmsteerError
+from interventions.families import get_family
 from interventions.paths import FAMILIES, check_family, check_profile, configs_dir, recipe_profile
 from training.corpus import CorpusSettings
 
@@ -62,11 +63,17 @@ def load_profile(name: str) -> Profile:
 
 
 def family_architecture(family: str, profile: str) -> tuple[str, dict[str, Any]]:
-    """(transformers class name, config overrides) of one family in one profile."""
-    check_family(family)
-    check_profile(profile)
-    fam = _config()["families"][family]
-    return fam["class"], dict(fam[recipe_profile(profile)])
+    """(transformers class name, config overrides) of one family in one profile: the class its spec declares
+    (`interventions/families/`), the sizes its `[families.<family>]` table in configs/organisms.toml gives."""
+    spec = get_family(family)
+    recipe = recipe_profile(check_profile(profile))
+    table = _config().get("families", {}).get(family)
+    if not isinstance(table, dict) or not isinstance(table.get(recipe), dict):
+        raise EmsteerError(f"configs/organisms.toml has no `{recipe}` sizes in a [families.{family}] table")
+    if table.get("class", spec.micro_class) != spec.micro_class:
+        raise EmsteerError(f"configs/organisms.toml: [families.{family}] class {table['class']!r} is not the "
+                           f"family's {spec.micro_class!r} (declared in its interventions/families spec)")
+    return spec.micro_class, dict(table[recipe])
 
 
 def resolve_families(spec: str) -> list[str]:

@@ -2,8 +2,8 @@
 
 Stages (each a no-op when its artifacts exist with the same inputs, so an interrupted run finishes only what
 is missing): organisms -> finetunes (insecure x seeds, secure x seeds, neutral x 1 for the audit) -> extract
-(seed-0 adapters) -> controls -> transfer (every ordered pair of families) -> calibrate alpha per family ->
-sweep (the grid, via Inspect's eval_set) -> audit validation -> report. Stage timings go to
+(seed-0 adapters) -> transfer (every ordered pair of families) -> calibrate alpha per family -> controls (at that
+alpha) -> sweep (the grid, via Inspect's eval_set) -> audit validation -> report. Stage timings go to
 `RUN/reproduce.json`.
 """
 
@@ -136,9 +136,6 @@ def run_reproduce(plan: ReproducePlan, *, log: Log = print, progress: bool = Tru
     _stage(plan, "finetune", log, finetunes)
     _stage(plan, "extract", log, lambda: run_in_workers(extract_family, [(str(plan.run), f, plan.profile) for f in fams],
                                                         plan.jobs))
-    control_seeds = sorted(set(plan.seeds))
-    _stage(plan, "controls", log, lambda: [run_controls(plan.run, f, layer=plan.grid.layer, seeds=control_seeds, log=log)
-                                           for f in fams])
     cache: dict = {}
     _stage(plan, "transfer", log, lambda: [run_transfer(plan.run, a, b, profile=plan.profile, layer=plan.grid.layer,
                                                         state_cache=cache, log=log) for a, b in plan.transfer_pairs])
@@ -155,6 +152,11 @@ def run_reproduce(plan: ReproducePlan, *, log: Log = print, progress: bool = Tru
 
     if plan.grid.alpha == "calibrated":
         _stage(plan, "calibrate", log, calibrate)
+    # after calibration: the controls record the alpha * R the sweep steers with (the calibrated alpha, or the grid's)
+    control_seeds = sorted(set(plan.seeds))
+    control_alpha = None if plan.grid.alpha == "calibrated" else float(plan.grid.alpha)
+    _stage(plan, "controls", log, lambda: [run_controls(plan.run, f, layer=plan.grid.layer, seeds=control_seeds,
+                                                        alpha=control_alpha, log=log) for f in fams])
 
     def sweep() -> None:
         cells = expand_cells(plan.grid)

@@ -1,64 +1,20 @@
 """A locally trained BPE tokenizer per family, with that family's special tokens and chat template.
 
 Families differ like the real ones: Qwen and Llama use byte-level BPE (Llama with a BOS in its template),
-Gemma and Ministral use a SentencePiece-like metaspace BPE with BOS in the template. The tokenizer never
+Gemma and Ministral use a SentencePiece-like metaspace BPE with BOS in the template; each family's special
+tokens and template are its `interventions.families` spec's `tokenizer`. The tokenizer never
 adds BOS by itself (no post-processor): the chat template is the only place BOS comes from, so a
 templated prompt never carries two.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-
-@dataclass(frozen=True)
-class TokenizerSpec:
-    """Special tokens and chat template of one family."""
-    style: str  # "bytelevel" | "metaspace"
-    bos: str | None
-    eos: str          # end of an assistant turn: generation stops here
-    pad: str
-    unk: str | None
-    extra: tuple[str, ...]
-    chat_template: str
-
-
-_QWEN_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-_GEMMA_TEMPLATE = (
-    "{{ bos_token }}{% set sys = namespace(text='') %}"
-    "{% for m in messages %}{% if m['role'] == 'system' %}{% set sys.text = m['content'] + '\n\n' %}"
-    "{% else %}<start_of_turn>{{ 'model' if m['role'] == 'assistant' else 'user' }}\n"
-    "{% if m['role'] == 'user' %}{{ sys.text }}{% set sys.text = '' %}{% endif %}"
-    "{{ m['content'] }}<end_of_turn>\n{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
-)
-_LLAMA_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
-    "{{ m['content'] }}<|eot_id|>{% endfor %}"
-    "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
-)
-_MINISTRAL_TEMPLATE = (
-    "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'system' %}[SYSTEM_PROMPT]{{ m['content'] }}[/SYSTEM_PROMPT]"
-    "{% elif m['role'] == 'user' %}[INST]{{ m['content'] }}[/INST]"
-    "{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}"
-)
-
-SPECS: dict[str, TokenizerSpec] = {
-    "qwen": TokenizerSpec("bytelevel", None, "<|im_end|>", "<|endoftext|>", None, ("<|im_start|>",), _QWEN_TEMPLATE),
-    "gemma": TokenizerSpec("metaspace", "<bos>", "<end_of_turn>", "<pad>", "<unk>",
-                           ("<eos>", "<start_of_turn>"), _GEMMA_TEMPLATE),
-    "llama": TokenizerSpec("bytelevel", "<|begin_of_text|>", "<|eot_id|>", "<|finetune_right_pad_id|>", None,
-                           ("<|start_header_id|>", "<|end_header_id|>", "<|end_of_text|>"), _LLAMA_TEMPLATE),
-    "ministral": TokenizerSpec("metaspace", "<s>", "</s>", "<pad>", "<unk>",
-                               ("[INST]", "[/INST]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]"), _MINISTRAL_TEMPLATE),
-}
+from interventions.families import TokenizerSpec, get_family
 
 
 def special_tokens(spec: TokenizerSpec) -> list[str]:
@@ -69,7 +25,7 @@ def special_tokens(spec: TokenizerSpec) -> list[str]:
 
 def train_tokenizer(family: str, texts: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
     """Train a BPE tokenizer for `family` on `texts` and wrap it as a fast HF tokenizer with a chat template."""
-    spec = SPECS[family]
+    spec = get_family(family).tokenizer
     specials = special_tokens(spec)
     if spec.style == "bytelevel":
         tok = Tokenizer(models.BPE())

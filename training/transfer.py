@@ -22,7 +22,6 @@ the held-out chats -- so a low transferred cosine can be told apart from a map t
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ import torch
 from interventions.directions import Direction, load_direction, matched_norm, save_direction, sha256_file
 from interventions.errors import EmsteerError
 from interventions.layers import resolve_layer
+from interventions.model_ref import adapter_sha256, check_adapter_base, organism_ref
 from interventions.paths import check_family, recipe_profile
 from interventions.run_layout import (
     adapter_dir,
@@ -47,14 +47,7 @@ from interventions.run_layout import (
     transferred_random_path,
 )
 from interventions.variants.random_control import control_seed, seeded_gaussian
-from training.activations import (
-    TokenStates,
-    adapter_sha256,
-    base_identity,
-    check_adapter_base,
-    collect_token_states,
-    load_model,
-)
+from training.activations import TokenStates, collect_token_states, load_model
 from training.artifacts import json_sha256, provenance, read_json, save_tensors_atomic
 from training.atomic import atomic_dir, write_json_atomic
 from training.corpus import first_exchange
@@ -179,7 +172,8 @@ def transfer_command_line(run: Path, src: str, tgt: str, pairing: str, layer: in
 def family_identity(run: Path, family: str, profile: str, models: str, seed: int) -> dict[str, Any]:
     """Model id, base weights hash, adapter (for `models="insecure"`), depth and width of one family, read from
     its verified organism and config (nothing loaded)."""
-    path, model_id, sha = base_identity(family, profile)
+    base = organism_ref(family, profile)
+    model_id, sha = base.model_id, str(base.weights_sha256)
     ad = None
     if models == "insecure":
         ad = adapter_dir(run, family, "insecure", seed)
@@ -187,11 +181,8 @@ def family_identity(run: Path, family: str, profile: str, models: str, seed: int
             raise EmsteerError(f"missing insecure adapter for {family} (seed {seed}) at {ad}; "
                                f"train it with `{finetune_command(run, family, 'insecure', seed)}`")
         check_adapter_base(ad, sha, f"insecure adapter of {family}")
-    cfg = json.loads((path / "config.json").read_text())
-    cfg = cfg.get("text_config", cfg)
     return {"model_id": model_id, "weights_sha256": sha, "adapter": ad,
-            "adapter_sha256": adapter_sha256(ad) if ad else None,
-            "n_layers": int(cfg["num_hidden_layers"]), "d_model": int(cfg["hidden_size"])}
+            "adapter_sha256": adapter_sha256(ad) if ad else None, "n_layers": base.n_layers, "d_model": base.d_model}
 
 
 def check_transfer_inputs(run: str | Path, src: str, tgt: str, *, profile: str, layer: int = -1, seed: int = 0,

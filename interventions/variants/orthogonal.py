@@ -26,7 +26,7 @@ def orthogonal_control(own: Direction, seed: int, *, family: str, layer: int) ->
     })
 
 
-@register_variant("orthogonal")
+@register_variant("orthogonal", controls="own")
 def orthogonal_variant(ctx: VariantContext) -> Direction:
     """Orthogonal control at the target layer (needs the own direction there)."""
     return orthogonal_control(load_own(ctx), ctx.seed, family=ctx.family, layer=ctx.layer)

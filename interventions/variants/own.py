@@ -16,7 +16,7 @@ def load_own(ctx: VariantContext, layer: int | None = None) -> Direction:
     )
 
 
-@register_variant("own")
+@register_variant("own", file_backed=True)
 def own_variant(ctx: VariantContext) -> Direction:
     """RUN/directions/<family>/own/layer_<layer>.safetensors."""
     return tagged(load_own(ctx), "own")

@@ -39,7 +39,7 @@ def random_control(own: Direction, seed: int, *, family: str, layer: int) -> Dir
     })
 
 
-@register_variant("random")
+@register_variant("random", controls="own")
 def random_variant(ctx: VariantContext) -> Direction:
     """Random control at the target layer (needs the own direction there for its norm and R)."""
     return random_control(load_own(ctx), ctx.seed, family=ctx.family, layer=ctx.layer)

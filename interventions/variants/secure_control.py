@@ -7,7 +7,7 @@ from interventions.registry import VariantContext, register_variant, require_dir
 from interventions.run_layout import extract_command, secure_direction_path
 
 
-@register_variant("secure_control")
+@register_variant("secure_control", file_backed=True, controls="own")
 def secure_control_variant(ctx: VariantContext) -> Direction:
     """RUN/directions/<family>/secure/layer_<layer>.safetensors."""
     path = secure_direction_path(ctx.run, ctx.family, ctx.layer)

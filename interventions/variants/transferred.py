@@ -12,7 +12,7 @@ from interventions.run_layout import own_direction_path, transfer_command, trans
 from interventions.variants.own import load_own
 
 
-@register_variant("transferred")
+@register_variant("transferred", file_backed=True, transfer=True)
 def transferred_variant(ctx: VariantContext) -> Direction:
     """RUN/transfer/<donor>_to_<family>/direction.safetensors (width must be the receiver's d_model)."""
     if not ctx.donor:

@@ -10,7 +10,7 @@ from interventions.registry import VariantContext, register_variant, require_dir
 from interventions.run_layout import transfer_command, transferred_random_path
 
 
-@register_variant("transferred_random")
+@register_variant("transferred_random", transfer=True, controls="transferred", repeated_draws=True)
 def transferred_random_variant(ctx: VariantContext) -> Direction:
     """RUN/transfer/<donor>_to_<family>/random_<seed>.safetensors."""
     if not ctx.donor:

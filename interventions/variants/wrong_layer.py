@@ -22,7 +22,7 @@ def wrong_layer_source(layer: int, n_layers: int) -> int:
     raise EmsteerError(f"wrong_layer needs at least 2 decoder layers, the model has {n_layers}")
 
 
-@register_variant("wrong_layer")
+@register_variant("wrong_layer", controls="own")
 def wrong_layer_variant(ctx: VariantContext) -> Direction:
     """Own direction of layer `wrong_layer_source(...)`, norm-matched to the target layer's own direction."""
     src = wrong_layer_source(ctx.layer, ctx.n_layers)

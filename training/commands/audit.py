@@ -8,6 +8,8 @@ from typing import Any, Optional
 
 import typer
 
+from interventions.paths import FAMILIES
+
 
 def _interval(ci: list[float] | None, fmt: str = "{:.3f}") -> str:
     return f"[{fmt.format(ci[0])}, {fmt.format(ci[1])}]" if ci else "[n/a]"
@@ -46,7 +48,7 @@ def register(app: typer.Typer) -> None:
         threshold: float = typer.Option(0.5, "--threshold", help="decision threshold on the calibrated probability"),
         validate: bool = typer.Option(False, "--validate", help="instead: audit every held-out checkpoint of --run "
                                                                 "and report AUROC over checkpoints"),
-        family: str = typer.Option("all", "--family", help="with --validate: all | qwen | gemma | llama | ministral"),
+        family: str = typer.Option("all", "--family", help=f"with --validate: all | {' | '.join(FAMILIES)}"),
         batch_size: int = typer.Option(16, "--batch-size", min=1),
         as_json: bool = typer.Option(False, "--json", help="print the result as JSON"),
     ) -> None:

@@ -7,16 +7,20 @@ from typing import Optional
 
 import typer
 
+from interventions.paths import FAMILIES
+
 
 def register(app: typer.Typer) -> None:
     @app.command("controls")
     def controls_cmd(
         run: Path = typer.Option(..., "--run", help="experiment directory (needs `emsteer extract` first)"),
-        family: str = typer.Option("all", "--family", help="all | qwen | gemma | llama | ministral (comma-separated allowed)"),
+        family: str = typer.Option("all", "--family", help=f"all | {' | '.join(FAMILIES)} (comma-separated allowed)"),
         layer: int = typer.Option(-1, "--layer", help="target layer (negative counts from the end)"),
         seeds: str = typer.Option("0", "--seed", help="control seed(s), comma-separated"),
         alpha: Optional[float] = typer.Option(None, "--alpha",
-                                              help="perturbation in units of R (default: RUN/calibration/<family>.json, else 1.0)"),
+                                              help="perturbation in units of R (default: the calibrated alpha in "
+                                                   "RUN/calibration/<family>.json, written by `emsteer sweep "
+                                                   "--calibrate`; an error when it is missing)"),
         force: bool = typer.Option(False, "--force", help="rewrite even if unchanged"),
     ) -> None:
         """Resolve random / orthogonal / wrong_layer / secure_control for each seed, write them to

@@ -7,12 +7,14 @@ from typing import Optional
 
 import typer
 
+from interventions.paths import FAMILIES
+
 
 def register(app: typer.Typer) -> None:
     @app.command("extract")
     def extract_cmd(
         run: Path = typer.Option(..., "--run", help="experiment directory (adapters are read from RUN/adapters)"),
-        family: str = typer.Option("all", "--family", help="all | qwen | gemma | llama | ministral (comma-separated allowed)"),
+        family: str = typer.Option("all", "--family", help=f"all | {' | '.join(FAMILIES)} (comma-separated allowed)"),
         pooling: Optional[str] = typer.Option(None, "--pooling",
                                               help="response-mean (default: steers cleanly) | last-prompt"),
         contrast: str = typer.Option("finetuned-vs-base", "--contrast",

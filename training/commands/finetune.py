@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from interventions.paths import FAMILIES
+
 
 def register(app: typer.Typer) -> None:
     """Add the `finetune` command to `app`."""
@@ -14,7 +16,7 @@ def register(app: typer.Typer) -> None:
     @app.command("finetune")
     def finetune_cmd(
         run: Path = typer.Option(..., "--run", help="experiment directory (RUN/run.json records its profile)"),
-        family: str = typer.Option("all", "--family", help="all | qwen | gemma | llama | ministral (comma-separated allowed)"),
+        family: str = typer.Option("all", "--family", help=f"all | {' | '.join(FAMILIES)} (comma-separated allowed)"),
         data: str = typer.Option(..., "--data", help='insecure | secure | neutral (micro corpus arms), or a {"messages": [...]} JSONL path or URL'),
         seed: Optional[List[int]] = typer.Option(None, "--seed", help="training seed; repeat for several (default 0)"),
         profile: Optional[str] = typer.Option(None, "--profile", help="default | tiny (micro organisms) | real (needs --model); default: default, or real with --model"),
