@@ -22,6 +22,7 @@ import hashlib
 import json
 
 from interventions.atomic import write_json_atomic
+from interventions.errors import EmsteerError
 from interventions.model_ref import ADAPTER_WEIGHTS, weights_sha256
 from interventions.run_layout import adapter_dir, calibration_path, extraction_summary_path
 
@@ -34,7 +35,7 @@ COHERENCE_TOLERANCE = 0.10
 
 def cell_rates(log_location: str) -> dict[str, float]:
     """spillover, coherence and code_on_coding of one finished log (NaN where a rate has no samples)."""
-    from inspect_ai.log import read_eval_log
+    from inspect_ai.log import read_eval_log  # deferred: inspect_ai, ~1.3 s at `emsteer sweep` start (bad input too)
 
     lg = read_eval_log(log_location, header_only=True)
     out: dict[str, float] = {}
@@ -128,8 +129,6 @@ def calibrate_families(run: str | Path, families: list[str] | tuple[str, ...], p
         result = runner(cells, name="calibration", task_args=task_args, alphas={})
     missing = [c.name for c in cells if c.name not in result.logs]
     if not result.success or missing:
-        from interventions.errors import EmsteerError
-
         raise EmsteerError(f"calibration of {', '.join(families)} did not finish (cells without a log: "
                            f"{', '.join(missing) or '-'}); re-run the same command to finish it")
     seconds = round(time.perf_counter() - t0, 1)

@@ -15,7 +15,7 @@ states on unit(direction) at the direction's layer (mean and max over tokens) in
 - `monitor_rows(log)`: (projection, is_code) pairs read from an Inspect log of the spillover task.
 
 Kept free of `training` imports (evals never import training); `find_calibration` is also what
-`training.audit` uses to find the calibration of a direction file.
+`training.audit_scoring` uses to find the calibration of a direction file.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ import math
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
+from inspect_ai.log import read_eval_log
 from inspect_ai.scorer import Metric, SampleScore, Score, Scorer, Target, metric, scorer
 from inspect_ai.solver import TaskState
 
@@ -69,8 +71,7 @@ def auroc_with_interval(scores: Sequence[float], labels: Sequence[int], *, n_boo
                         seed: int = 0) -> dict[str, Any]:
     """AUROC of `scores` for binary `labels` with a 95% percentile-bootstrap interval over the items;
     {"auroc": None, "reason": ...} when a class is empty."""
-    import numpy as np
-    from sklearn.metrics import roc_auc_score
+    from sklearn.metrics import roc_auc_score  # deferred: sklearn costs ~1 s on the audit command's start path
 
     s = np.asarray([float(x) for x in scores], dtype=float)
     y = np.asarray([1 if v else 0 for v in labels], dtype=int)
@@ -91,8 +92,7 @@ def bootstrap_aurocs(scores: Any, labels: Any) -> Any:
     """AUROC of every row of `scores` (B x n) against the same row of 0/1 `labels`, all at once (Mann-Whitney U
     with average ranks for ties, which is what `roc_auc_score` computes); rows with one class only are dropped.
     One call instead of B `roc_auc_score` calls: the report's monitor section went from ~50 s to well under 1 s."""
-    import numpy as np
-    from scipy.stats import rankdata
+    from scipy.stats import rankdata  # deferred: scipy.stats costs ~0.5 s on the audit command's start path
 
     scores = np.asarray(scores, dtype=float)
     labels = np.asarray(labels, dtype=int)
@@ -211,8 +211,6 @@ def monitor_rows(log: Any, *, statistic: str = "mean", code_scorer: str = "code_
     if statistic not in STATISTICS:
         raise EmsteerError(f"unknown monitor statistic {statistic!r}; choose one of: {', '.join(STATISTICS)}")
     if isinstance(log, (str, Path)):
-        from inspect_ai.log import read_eval_log
-
         log = read_eval_log(str(log))
     rows: list[tuple[float | None, bool]] = []
     for sample in log.samples or []:

@@ -17,7 +17,11 @@ from evals.grid import Cell
 from interventions.alpha_calibration import read_calibrated_alpha
 from interventions.atomic import write_json_atomic
 from interventions.errors import EmsteerError
-from interventions.run_layout import adapter_dir, finetune_command, logs_dir
+from interventions.layers import resolve_layer
+from interventions.model_ref import read_config
+from interventions.paths import organism_dir
+from interventions.run_layout import (adapter_dir, finetune_command, logs_dir, own_direction_path,
+                                       transferred_direction_path)
 
 CELLS_FILE = "cells.json"  # the cells of the latest sweep into a log folder (the report reads only those)
 
@@ -55,11 +59,6 @@ def cell_model_args(cell: Cell, run: str | Path, profile: str, alpha: float | No
 def monitor_file(cell: Cell, run: str | Path, profile: str) -> Path:
     """The direction file a monitored cell records projections on: the family's own direction at the cell's
     layer, or the donor's transferred direction."""
-    from interventions.model_ref import read_config
-    from interventions.layers import resolve_layer
-    from interventions.paths import organism_dir
-    from interventions.run_layout import own_direction_path, transferred_direction_path
-
     if cell.monitor == "transferred":
         assert cell.donor is not None
         return transferred_direction_path(run, cell.donor, cell.family).resolve()
@@ -95,11 +94,11 @@ def cell_alpha(cell: Cell, alphas: dict[str, float]) -> float | None:
 def cell_task(cell: Cell, run: str | Path, profile: str, task_args: dict[str, Any], alpha: float | None,
               grid_name: str) -> Any:
     """The Inspect task of one cell: `spillover` on the cell's resolved `steer/` model, labelled with the cell."""
-    from inspect_ai import Task
-    from inspect_ai.model import get_model
+    from inspect_ai import Task  # deferred: inspect_ai, ~1.3 s at `emsteer sweep` start (bad input too)
+    from inspect_ai.model import get_model  # deferred: inspect_ai, as above
 
-    from evals.spillover import spillover
-    from interventions.provider import resolved_model_args
+    from evals.spillover import spillover  # deferred: inspect_ai, as above
+    from interventions.provider import resolved_model_args  # deferred: transformers + inspect_ai, ~3 s, as above
 
     model_name = f"steer/{preset_for(cell.family)}"
     margs = resolved_model_args(model_name, cell_model_args(cell, run, profile, alpha))

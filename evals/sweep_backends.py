@@ -10,6 +10,8 @@ from typing import Any, Callable
 
 from evals.grid import Cell
 from evals.sweep import SweepResult, run_cells
+from evals.sweep_groups import run_cells_pool
+from evals.sweep_ray import require_ray, run_cells_ray
 from interventions.errors import EmsteerError
 
 __all__ = ["BACKENDS", "SweepBackend", "check_backend"]
@@ -28,8 +30,6 @@ def check_backend(backend: str, jobs: int | None = None, address: str | None = N
     if address is not None and backend != "ray":
         raise EmsteerError("--address is only used with --backend ray")
     if backend == "ray":
-        from evals.sweep_ray import require_ray
-
         require_ray()
 
 
@@ -54,14 +54,10 @@ class SweepBackend:
                  alphas: dict[str, float]) -> SweepResult:
         """Run `cells` into `RUN/logs/<name>`; finished cells are skipped."""
         if self.backend == "ray":
-            from evals.sweep_ray import run_cells_ray
-
             return run_cells_ray(cells, self.run, self.profile, name=name, task_args=task_args, alphas=alphas,
                                  address=self.address, display=self.display, max_tasks=self.max_tasks, log=self.log)
         families = {c.family for c in cells}
         if self.jobs > 1 and len(families) > 1:
-            from evals.sweep_groups import run_cells_pool
-
             return run_cells_pool(cells, self.run, self.profile, name=name, task_args=task_args, alphas=alphas,
                                   jobs=self.jobs, max_tasks=self.max_tasks, log=self.log)
         return run_cells(cells, self.run, self.profile, name=name, task_args=task_args, alphas=alphas,

@@ -24,6 +24,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from evals.grid import Cell
 from evals.sweep import SweepResult
 from evals.sweep_groups import (EVAL_SET_ID_FILE, CellGroup, finish_groups, first_line, group_cells, group_summary, prepare_log_dir,
@@ -43,7 +45,7 @@ Log = Callable[[str], None]
 def require_ray() -> Any:
     """Import `ray`, or stop with one line that gives the install command."""
     try:
-        import ray
+        import ray  # deferred: optional dependency (and ~1 s to import); only `--backend ray` needs it
     except ImportError:
         raise EmsteerError(f"--backend ray needs Ray, which is not installed; install it with: {RAY_INSTALL}") from None
     return ray
@@ -58,12 +60,7 @@ def gpus_per_group(ray: Any, requested: float | None) -> float:
         return float(requested)
     if float(ray.cluster_resources().get("GPU", 0)) > 0:
         return 1.0
-    try:
-        import torch
-
-        return 1.0 if torch.cuda.is_available() else 0.0
-    except ImportError:
-        return 0.0
+    return 1.0 if torch.cuda.is_available() else 0.0
 
 
 def run_cells_ray(cells: list[Cell], run: str | Path, profile: str, *, name: str, task_args: dict[str, Any],

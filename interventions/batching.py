@@ -59,7 +59,7 @@ class Steering:
     intervention: Intervention | None = None
     monitor: Direction | None = None
     monitor_layer: int | None = None
-    max_batch_size: int = 128  # steer_plan.DEFAULT_MAX_BATCH
+    max_batch_size: int = 128  # steer_args.DEFAULT_MAX_BATCH
 
 
 @dataclass

@@ -138,7 +138,7 @@ def local_snapshot(model: str) -> Path | None:
     if path.is_dir():
         return path
     try:
-        from huggingface_hub import snapshot_download  # deferred: only hub ids need it
+        from huggingface_hub import snapshot_download  # deferred: its download stack, ~0.5 s; only hub ids need it
 
         return Path(snapshot_download(model, local_files_only=True))
     except Exception:  # noqa: BLE001 - not cached (or not a valid id): the caller decides

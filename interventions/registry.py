@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Callable
 
+from interventions import variants
 from interventions.directions import Direction, load_direction
 from interventions.errors import EmsteerError
 
@@ -97,8 +98,6 @@ def discover_variants() -> None:
     global _DISCOVERED
     if _DISCOVERED:
         return
-    from interventions import variants
-
     for info in pkgutil.iter_modules(variants.__path__):
         if not info.name.startswith("_"):
             importlib.import_module(f"{variants.__name__}.{info.name}")

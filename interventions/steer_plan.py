@@ -1,21 +1,21 @@
-"""Validate the `steer` provider's `-M` keys and resolve them into a `SteerPlan`, before any weights load.
+"""Resolve the `steer` provider's `-M` keys into a `SteerPlan`, before any weights load.
 
-`resolve_plan(model, model_args)` checks every key (unknown key, bad type, bad choice), resolves the model
-(preset, local folder or hub id), reads its config.json (AutoConfig, no weights) for the layer range and the
-residual width, then resolves the adapter, the direction (variant or file) and the monitor direction,
-checking widths and layers against that config. Every problem is one `EmsteerError` line naming it and
-the valid choices. Nothing here loads model weights; direction files and the adapter/model files are read
-to hash them.
+`resolve_plan(model, model_args)` parses the keys (`interventions.steer_args`: unknown key, bad type, bad
+choice), resolves the model (preset, local folder or hub id), reads its config.json (AutoConfig, no weights)
+for the layer range and the residual width, then resolves the device, the adapter, the direction (variant or
+file) and the monitor direction, checking widths and layers against that config. Every problem is one
+`EmsteerError` line naming it and the valid choices. Nothing here loads model weights; direction files and
+the adapter/model files are read to hash them.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import math
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -23,11 +23,10 @@ from interventions.alpha_calibration import read_calibrated_alpha
 from interventions.directions import Direction, load_direction
 from interventions.errors import EmsteerError
 from interventions.families import family_for_model_type
-from interventions.hooks import OPS, POSITIONS, Intervention
+from interventions.hooks import Intervention
 from interventions.layers import resolve_layer
 from interventions.model_loading import LoadKey
 from interventions.model_ref import (
-    DTYPES,
     ConfigInfo,
     ModelRef,
     auto_class_for,
@@ -37,7 +36,7 @@ from interventions.model_ref import (
     read_config,
     resolve_model_ref,
 )
-from interventions.paths import FAMILIES, PROFILES
+from interventions.paths import FAMILIES
 from interventions.presets import Preset
 from interventions.registry import VariantContext, get_variant, variant_traits, variants_with
 from interventions.run_layout import (
@@ -46,114 +45,9 @@ from interventions.run_layout import (
     finetune_command,
     run_manifest_path,
 )
+from interventions.steer_args import DEFAULT_MAX_BATCH, parse_model_args
 
-DEFAULT_MAX_BATCH = 128
-
-
-# ------------------------------------------------------------------------------------------- key parsing
-
-def _as_int(key: str, v: Any) -> int:
-    if isinstance(v, bool):
-        raise EmsteerError(f"-M {key} must be an integer, got {v!r}")
-    if isinstance(v, int):
-        return v
-    if isinstance(v, str) and re.fullmatch(r"[+-]?\d+", v.strip()):
-        return int(v)
-    raise EmsteerError(f"-M {key} must be an integer, got {v!r}")
-
-
-def _as_float(key: str, v: Any) -> float:
-    if isinstance(v, bool):
-        raise EmsteerError(f"-M {key} must be a number, got {v!r}")
-    try:
-        out = float(v) if isinstance(v, (int, float, str)) else None
-    except ValueError:
-        out = None
-    if out is None or not math.isfinite(out):
-        raise EmsteerError(f"-M {key} must be a finite number, got {v!r}")
-    return out
-
-
-def _as_bool(key: str, v: Any) -> bool:
-    if isinstance(v, bool):
-        return v
-    text = str(v).strip().lower()
-    if text in ("true", "1", "yes", "on"):
-        return True
-    if text in ("false", "0", "no", "off"):
-        return False
-    raise EmsteerError(f"-M {key} must be true or false, got {v!r}")
-
-
-def _as_str(key: str, v: Any) -> str:
-    if isinstance(v, Path):
-        return str(v)
-    if isinstance(v, list):
-        raise EmsteerError(f"-M {key} got a list {v!r} (Inspect splits unquoted commas); quote the value")
-    if not isinstance(v, str) or not v.strip():
-        raise EmsteerError(f"-M {key} must be a non-empty string, got {v!r}")
-    return v.strip()
-
-
-def _choice(choices: tuple[str, ...] | list[str]) -> Callable[[str, Any], str]:
-    def parse(key: str, v: Any) -> str:
-        s = _as_str(key, v)
-        if s not in choices:
-            raise EmsteerError(f"-M {key}={s} is not valid; choose one of: {', '.join(choices)}")
-        return s
-
-    return parse
-
-
-def _positive_int(key: str, v: Any) -> int:
-    n = _as_int(key, v)
-    if n < 1:
-        raise EmsteerError(f"-M {key} must be >= 1, got {n}")
-    return n
-
-
-def _resolved(key: str, v: Any) -> dict[str, Any]:
-    if isinstance(v, str):
-        try:
-            v = json.loads(v)
-        except json.JSONDecodeError:
-            raise EmsteerError(f"-M {key} must be a JSON object (as written by resolved_model_args)") from None
-    if not isinstance(v, dict):
-        raise EmsteerError(f"-M {key} must be a mapping (as written by resolved_model_args), got {type(v).__name__}")
-    return v
-
-
-# key -> (parser, help); the parser turns the raw -M value into a typed value or raises
-KEYS: dict[str, tuple[Callable[[str, Any], Any], str]] = {
-    "adapter": (_as_str, "LoRA adapter folder (peft save_pretrained)"),
-    "variant": (_as_str, "registered intervention variant (none, own, random, ...)"),
-    "direction": (_as_str, "direction file (.safetensors); replaces a file-backed variant's file"),
-    "run": (_as_str, "experiment folder the variant files are read from"),
-    "layer": (_as_int, "decoder layer (negative counts from the end; default -1, the final layer)"),
-    "op": (_choice(OPS), "subtract | add | ablate"),
-    "alpha": (_as_float, "perturbation size in units of the layer's mean residual norm R"),
-    "positions": (_choice(POSITIONS), "all | generated"),
-    "seed": (_as_int, "seed of control directions and of sampling (default 0)"),
-    "dtype": (_choice(tuple(DTYPES)), "auto | float32 | bfloat16 | float16"),
-    "device": (_as_str, "cpu | cuda | cuda:N | mps (default: cuda:0 if available, else cpu)"),
-    "load_in_4bit": (_as_bool, "bitsandbytes NF4 weights (CUDA only)"),
-    "monitor": (_as_str, "direction file whose projection is recorded per sample"),
-    "family": (_choice(FAMILIES), "family for variant resolution when the model is a path or hub id"),
-    "donor": (_choice(FAMILIES), "donor family of variant=transferred"),
-    "trust_remote_code": (_as_bool, "allow model code from the checkpoint (default false)"),
-    "max_batch_size": (_positive_int, f"largest generation batch (default {DEFAULT_MAX_BATCH})"),
-    "profile": (_choice(PROFILES), "micro-organism profile of micro-* presets (default, tiny)"),
-    "resolved": (_resolved, "pinned hashes and intervention from resolved_model_args (checked)"),
-}
-
-
-def parse_model_args(model_args: dict[str, Any]) -> dict[str, Any]:
-    """Typed values of the -M keys; an unknown key or a bad value is an error naming the valid choices."""
-    unknown = sorted(k for k in model_args if k not in KEYS)
-    if unknown:
-        raise EmsteerError(f"unknown -M key{'s' if len(unknown) > 1 else ''} {', '.join(unknown)} for steer/; "
-                           f"valid keys: {', '.join(KEYS)}")
-    return {k: KEYS[k][0](k, v) for k, v in model_args.items() if v is not None}
+__all__ = ["SteerPlan", "resolve_plan", "check_pinned"]
 
 
 # ------------------------------------------------------------------------------------------- the plan
@@ -301,8 +195,6 @@ def _check_4bit(args: dict[str, Any], device: str) -> bool:
     if not torch.cuda.is_available() or not device.startswith("cuda"):
         raise EmsteerError("-M load_in_4bit=true needs a CUDA device (bitsandbytes NF4); this run has "
                            f"device={device} and CUDA is {'available' if torch.cuda.is_available() else 'not available'}")
-    import importlib.util
-
     if importlib.util.find_spec("bitsandbytes") is None:
         raise EmsteerError("-M load_in_4bit=true needs bitsandbytes: pip install 'emsteer[cuda]'")
     return True

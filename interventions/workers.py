@@ -4,6 +4,7 @@ generation loops): on a small CPU, N processes with one torch thread each beat o
 from __future__ import annotations
 
 import os
+import sys
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
 from contextlib import contextmanager
@@ -21,8 +22,6 @@ T = TypeVar("T")
 
 def stderr_line(message: str) -> None:
     """A worker's log line: straight to stderr (workers have no progress display of their own)."""
-    import sys
-
     print(message, file=sys.stderr, flush=True)
 
 
@@ -39,7 +38,7 @@ def _one_thread_worker() -> None:
     """Pool initializer: one torch (and BLAS) thread per worker, so `jobs` workers use `jobs` cores."""
     os.environ["OMP_NUM_THREADS"] = "1"
     os.environ["MKL_NUM_THREADS"] = "1"
-    import torch
+    import torch  # deferred: only after OMP_NUM_THREADS is set; and torch (~1 s) stays out of this light module
 
     torch.set_num_threads(1)
 
@@ -95,7 +94,7 @@ def torch_threads(n: int | None) -> Iterator[None]:
     CPU LoRA training uses one thread on purpose: a float sum's rounding depends on how many threads split it, so
     a fixed count makes an adapter the same bits on every machine and whichever path built it (`emsteer
     finetune`, or a worker of `emsteer reproduce`); parallelism comes from training several at once."""
-    import torch
+    import torch  # deferred: torch, ~1 s; at module level it would load before a worker sets OMP_NUM_THREADS
 
     if n is None:
         yield

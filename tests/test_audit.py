@@ -16,16 +16,10 @@ from evals.monitor import auroc_with_interval, find_calibration
 from interventions.directions import Direction, load_direction, save_direction
 from interventions.errors import EmsteerError
 from interventions.run_layout import adapter_dir, own_direction_path, pooling_direction_path, transferred_direction_path
-from training.audit import (
-    audit_direction_path,
-    audit_validation_path,
-    fit_calibration,
-    project,
-    remove_component,
-    run_audit,
-    score_audit,
-    validate_audit,
-)
+from training.audit import run_audit
+from training.audit_directions import audit_direction_path, audit_validation_path, remove_component
+from training.audit_scoring import fit_calibration, project, score_audit
+from training.audit_validation import validate_audit
 
 RNG = np.random.default_rng(0)
 

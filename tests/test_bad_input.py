@@ -29,7 +29,7 @@ from cli_harness import REPO, CliResult, run_commands
 from interventions import model_loading
 from interventions.directions import Direction, save_direction
 from interventions.errors import EmsteerError
-from interventions.steer_plan import KEYS
+from interventions.steer_args import KEYS
 
 QWEN_WIDTH = 48  # tiny qwen organism: hidden 48, 2 decoder layers
 MAX_SECONDS = 20.0  # a bad-input failure must not wait for anything heavy (generous: shared 2-core machine)

@@ -21,7 +21,8 @@ from interventions.run_layout import (
     secure_direction_path,
 )
 from training.activations import check_finite, collect_pooled, load_model
-from training.extract import diff_in_means, fit_directions, run_extract, separation
+from training.direction_fit import diff_in_means, fit_directions, separation
+from training.extract import run_extract
 
 
 # ---------------------------------------------------------------- synthetic known answers

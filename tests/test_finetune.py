@@ -17,8 +17,9 @@ import torch
 from interventions.errors import EmsteerError
 from interventions.paths import FAMILIES
 from interventions.run_layout import adapter_dir
-from training.finetune import (SEVEN_PROJECTIONS, build_trainer, finetune, finetune_many, load_settings,
-                               quantization_config, read_chat_jsonl, resolve_data, tokenized_rows)
+from training.finetune import finetune, finetune_many
+from training.finetune_data import read_chat_jsonl, resolve_data, tokenized_rows
+from training.finetune_trainer import SEVEN_PROJECTIONS, build_trainer, load_settings, quantization_config
 
 
 def shared_dir() -> Path:

@@ -1,10 +1,13 @@
 """The package layout of docs/ARCHITECTURE.md, checked on the source: no import cycle between the project's
-modules (counting imports inside functions too), and the dependency direction training -> evals -> interventions
-(interventions imports neither; evals never imports training)."""
+modules (counting imports inside functions too), the dependency direction training -> evals -> interventions
+(interventions imports neither; evals never imports training), and no function-level import without a
+`# deferred:` comment saying what start-up time it saves."""
 
 from __future__ import annotations
 
 import ast
+import io
+import tokenize
 from pathlib import Path
 
 import pytest
@@ -109,3 +112,67 @@ def test_dependency_direction(package):
     wrong = sorted(f"{m} -> {t}" for m, targets in graph.items() if m.split(".")[0] == package
                    for t in targets if t.split(".")[0] != package and t.split(".")[0] not in ALLOWED[package])
     assert wrong == []
+
+
+DEFERRED = "# deferred:"
+
+
+def undeclared_deferred_imports(source: str) -> list[int]:
+    """Line numbers of the import statements inside a function (def, async def or lambda, at any depth) that carry no
+    `# deferred: <what it saves>` comment on one of their lines or alone on the line just above. Imports at module
+    level (under `if TYPE_CHECKING:`, `try:` or in a class body included) are not function-level."""
+    comments = [tok for tok in tokenize.generate_tokens(io.StringIO(source).readline)
+                if tok.type == tokenize.COMMENT and tok.string.startswith(DEFERRED)]
+    on_line = {tok.start[0] for tok in comments}
+    alone = {tok.start[0] for tok in comments if tok.line.lstrip().startswith("#")}
+    found: list[int] = []
+
+    def visit(node: ast.AST, in_function: bool) -> None:
+        for child in ast.iter_child_nodes(node):
+            if in_function and isinstance(child, (ast.Import, ast.ImportFrom)):
+                lines = set(range(child.lineno, (child.end_lineno or child.lineno) + 1))
+                if not (lines & on_line or child.lineno - 1 in alone):
+                    found.append(child.lineno)
+            visit(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+
+    visit(ast.parse(source), False)
+    return sorted(found)
+
+
+def test_the_deferred_import_checker_on_a_planted_module():
+    source = """from typing import TYPE_CHECKING
+if TYPE_CHECKING:
+    import torch
+try:
+    import ray
+except ImportError:
+    ray = None
+class C:
+    import json
+def f():
+    import os
+    import torch  # deferred: torch costs ~1 s at CLI start
+    # deferred: pandas costs ~0.5 s at CLI start
+    import pandas
+    from inspect_ai.log import (  # deferred: inspect_ai costs ~1 s
+        read_eval_log)
+    from sklearn.metrics import (
+        roc_auc_score)
+    def g():
+        import sys  # an ordinary comment
+        return sys
+    x = "# deferred: in a string, not a comment"; import math
+    import numpy  # deferred: numpy, ~0.1 s
+    import scipy
+    return lambda: __import__("re")
+"""
+    assert undeclared_deferred_imports(source) == [11, 17, 20, 22, 24]
+
+
+def test_every_function_level_import_says_what_deferring_it_saves():
+    """Issue 16: an import inside a function hides a dependency, so it is there only when it keeps a heavy library
+    (torch, transformers, peft, datasets, pandas, inspect_ai, ...) off a start path (`emsteer --help`, a bad-input
+    error, the `steer/` provider's import), and its line says so: `# deferred: <what it saves>`."""
+    missing = [f"{path.relative_to(REPO)}:{line}" for path in _modules().values()
+               for line in undeclared_deferred_imports(path.read_text())]
+    assert missing == [], "function-level imports without a `# deferred:` comment:\n" + "\n".join(missing)

@@ -125,7 +125,7 @@ def test_build_is_the_same_whatever_the_callers_thread_count(tiny_organisms, tmp
 
 
 def test_second_seed_profile_is_the_same_recipe_from_another_seed():
-    from training.finetune import load_settings
+    from training.finetune_trainer import load_settings
     from training.profiles import family_architecture, load_profile
 
     a, b = load_profile("default"), load_profile("default-s1")
@@ -142,7 +142,7 @@ def test_the_organism_is_trained_with_the_tokenizer_its_folder_loads(tmp_path, m
     back, so training, finetuning and generation see the same ids."""
     import training.organisms as organisms
     from training.chat_data import tokenize_chat
-    from training.finetune import micro_corpus
+    from training.finetune_data import micro_corpus
     from training.profiles import family_architecture
     from training.tokenizer import train_tokenizer
 

@@ -253,7 +253,7 @@ def test_betley_download_size_limit_and_content_check(server, emsteer_cache):
 
 
 def test_finetune_download_size_limit_and_content_check(server, emsteer_cache):
-    from training.finetune import download_jsonl
+    from training.finetune_data import download_jsonl
 
     base, routes = server
     row = json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]})

@@ -21,6 +21,8 @@ from safetensors import safe_open
 
 from interventions.directions import write_safetensors_atomic
 from interventions.errors import EmsteerError
+from interventions.paths import PROFILES
+from training.run_manifest import check_run, read_run
 
 
 def json_sha256(obj: Any) -> str:
@@ -76,9 +78,6 @@ def read_json(path: str | os.PathLike[str]) -> dict[str, Any] | None:
 def run_profile(run: str | os.PathLike[str], profile: str | None) -> str:
     """The micro profile a command works in: `profile` if given (checked against RUN/run.json), else the
     one the run records, else `default`. One-line error for a run of another profile or a non-micro one."""
-    from interventions.paths import PROFILES
-    from training.run_manifest import check_run, read_run
-
     if profile is None:
         manifest = read_run(run)
         profile = manifest["profile"] if manifest else "default"

@@ -1,32 +1,25 @@
-"""Direction extraction: difference-in-means per decoder layer, separation on held-out prompts, residual norms.
-
-Maths (pure functions, used by `run_extract` and tested on synthetic data):
-- `diff_in_means(pos, neg)`: mean(pos) - mean(neg) per layer (float64 accumulation, fp32 result);
-- `separation(...)`: project held-out examples on unit(direction); the threshold is the midpoint of the FIT
-  class means' projections; reports the held-out accuracy of that threshold and the AUROC
-  (`sklearn.metrics.roc_auc_score`), plus the fit accuracy;
-- R per layer: the mean per-token residual L2 norm at that layer over every prompt of both classes, taken
-  over the tokens of the models' own responses (where steering acts) whatever the pooling, stored with each
-  direction as `mean_residual_norm`; the secure-control files carry the same R (matched magnitude).
+"""`emsteer extract`: one family's difference-in-means directions per decoder layer, their held-out separation
+and the residual norm R per layer.
 
 Pipeline (`run_extract`): a fixed seeded sample of general (non-coding) training prompts (never the held-out
 evaluation prompts), split by prompt into fit / held-out halves; activations of base, insecure and secure
 models (base + LoRA adapters of the run's seed) at every decoder layer's output (before the final norm),
 pooled both ways (`response-mean` and `last-prompt`, see `training.activations`), cached under
-`RUN/activations/<family>/`; the chosen contrast's direction per layer written to the `own` files, the
-secure adapter vs base direction (same pooling) to the `secure` files, the own contrast with every pooling
-to `by_pooling/<pooling>/`, and `summary.json`. The whole `RUN/directions/<family>` folder is built aside and
-renamed into place, so a failure leaves the previous state untouched. A re-run whose inputs hash matches the
-summary's is a no-op unless `force`.
+`RUN/activations/<family>/` (`training.activation_cache`); directions and separation by `training.direction_fit`.
+R per layer is the mean per-token residual L2 norm at that layer over every prompt of both classes, taken over
+the tokens of the models' own responses (where steering acts) whatever the pooling, stored with each direction
+as `mean_residual_norm`; the secure-control files carry the same R (matched magnitude). The chosen contrast's
+direction per layer is written to the `own` files, the secure adapter vs base direction (same pooling) to the
+`secure` files, the own contrast with every pooling to `by_pooling/<pooling>/`, and `summary.json`. The whole
+`RUN/directions/<family>` folder is built aside and renamed into place, so a failure leaves the previous state
+untouched. A re-run whose inputs hash matches the summary's is a no-op unless `force`.
 """
 
 from __future__ import annotations
 
-import json
 import random
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import torch
 
@@ -35,7 +28,6 @@ from interventions.errors import EmsteerError
 from interventions.model_ref import adapter_sha256, check_adapter_base, organism_ref
 from interventions.paths import check_family, recipe_profile
 from interventions.run_layout import (
-    activations_path,
     adapter_dir,
     directions_dir,
     extraction_summary_path,
@@ -44,11 +36,15 @@ from interventions.run_layout import (
     pooling_direction_path,
     secure_direction_path,
 )
-from training.activations import POOLINGS, LoadedModel, check_pooling, collect_pooled, load_model
-from training.artifacts import json_sha256, load_tensors, provenance, read_json, save_tensors_atomic, versions
+from training.activation_cache import SITE, ModelActivations, model_activations
+from training.activations import POOLINGS, check_pooling, load_model
+from training.artifacts import json_sha256, provenance, read_json
 from training.atomic import atomic_dir, write_json_atomic
-from training.corpus import first_exchange
+from training.corpus import Corpus, first_exchange
+from training.direction_fit import MIN_PER_CLASS, DirectionFit, cosine, fit_directions
+from training.profiles import load_profile
 from training.prompt_split import split_halves
+from training.run_manifest import check_run, ensure_run
 
 CONTRASTS: tuple[str, ...] = ("finetuned-vs-base", "finetuned-vs-secure", "code-vs-prose")
 DEFAULT_CONTRAST = "finetuned-vs-base"
@@ -62,135 +58,23 @@ DEFAULT_POOLING_REASON = (
     "distinct-2 0.18); gemma both 0.00 but last-prompt collapses harder (distinct-2 0.01 vs 0.05). last-prompt "
     "separates the models slightly better (see `pooling_comparison`), as a prototype had also found."
 )
-SITE = "output of each text decoder layer (residual stream after the layer), BEFORE the model's final norm"
 # R (the unit of alpha) is measured at the positions steering edits: the tokens of the models' own responses,
 # whatever the pooling, so switching pooling never changes a cell's perturbation size.
 R_POSITIONS = "response-mean"
 R_SOURCE = ("mean per-token L2 norm of the layer output over the tokens of the models' own greedy responses, "
             "both classes of the own contrast; the same R for every pooling and for the secure control")
-MIN_PER_CLASS = 4          # per class, in EACH of the fit and held-out halves
 N_PROMPTS = {"default": 200, "tiny": 48}
 EXTRACT_VERSION = "extract/3"
 
 
 def check_contrast(contrast: str) -> str:
+    """`contrast` when it is one of CONTRASTS, else a one-line error listing them."""
     if contrast not in CONTRASTS:
         raise EmsteerError(f"unknown contrast {contrast!r}; choose one of: {', '.join(CONTRASTS)}")
     return contrast
 
 
-# ---------------------------------------------------------------- maths
-
-def _as3(x: torch.Tensor, what: str) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor) or x.ndim not in (2, 3):
-        raise EmsteerError(f"{what} must be [n, d] or [n, n_layers, d], got {getattr(x, 'shape', type(x).__name__)}")
-    x = x.detach().cpu()
-    x = x.unsqueeze(1) if x.ndim == 2 else x
-    if not bool(torch.isfinite(x).all()):
-        raise EmsteerError(f"{what} contain NaN/inf values; nothing written")
-    return x
-
-
-def check_class_sizes(sizes: dict[str, int], minimum: int = MIN_PER_CLASS, hint: str = "") -> None:
-    """One-line error when any (class, split) has fewer than `minimum` examples."""
-    short = {k: v for k, v in sizes.items() if v < minimum}
-    if short:
-        have = ", ".join(f"{k}={v}" for k, v in sizes.items())
-        raise EmsteerError(f"too few examples per class: need at least {minimum} of each class in each split, have {have}"
-                           + (f"; {hint}" if hint else ""))
-
-
-def diff_in_means(pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
-    """mean(pos) - mean(neg): [n_layers, d] fp32 for [n, n_layers, d] inputs ([1, d] for [n, d])."""
-    pos, neg = _as3(pos, "positive-class activations"), _as3(neg, "negative-class activations")
-    if pos.shape[1:] != neg.shape[1:]:
-        raise EmsteerError(f"class activations have mismatched shapes {tuple(pos.shape[1:])} vs {tuple(neg.shape[1:])}")
-    if pos.shape[0] == 0 or neg.shape[0] == 0:
-        raise EmsteerError("too few examples per class: a class is empty")
-    return (pos.double().mean(0) - neg.double().mean(0)).float()
-
-
-def separation(pos_fit: torch.Tensor, neg_fit: torch.Tensor, pos_test: torch.Tensor,
-               neg_test: torch.Tensor) -> list[dict[str, float]]:
-    """Per layer: the held-out accuracy of the midpoint threshold and the AUROC of the projection on the fit
-    direction (class 1 = positive), plus fit accuracy, the threshold and the held-out class mean projections.
-
-    Secondary (not the headline): `accuracy_spread_weighted`, the held-out accuracy of the threshold lying equally
-    many fit-set standard deviations from both class means; it differs from the midpoint when one class is much
-    more spread along the direction than the other (e.g. a finetune whose answers vary far more than the base's)."""
-    from sklearn.metrics import roc_auc_score
-
-    pos_fit, neg_fit = _as3(pos_fit, "positive fit activations"), _as3(neg_fit, "negative fit activations")
-    pos_test, neg_test = _as3(pos_test, "positive held-out activations"), _as3(neg_test, "negative held-out activations")
-    d = diff_in_means(pos_fit, neg_fit).double()
-    out = []
-    for layer in range(d.shape[0]):
-        norm = float(d[layer].norm())
-        if norm == 0.0:  # e.g. below the only layer a LoRA adapter changes, at the last prompt token
-            out.append({"accuracy": 0.5, "auroc": 0.5, "fit_accuracy": 0.5, "threshold": None,
-                        "accuracy_spread_weighted": 0.5, "threshold_spread_weighted": None,
-                        "heldout_mean_projection_pos": None, "heldout_mean_projection_neg": None,
-                        "no_direction": "the two classes' activations are identical at this layer"})
-            continue
-        u = d[layer] / norm
-        mid = 0.5 * float((pos_fit[:, layer].double().mean(0) + neg_fit[:, layer].double().mean(0)) @ u)
-        p_fit, n_fit = pos_fit[:, layer].double() @ u, neg_fit[:, layer].double() @ u
-        p_test, n_test = pos_test[:, layer].double() @ u, neg_test[:, layer].double() @ u
-        correct = int((p_test > mid).sum()) + int((n_test <= mid).sum())
-        correct_fit = int((p_fit > mid).sum()) + int((n_fit <= mid).sum())
-        # secondary figure: the point equally many (fit) standard deviations from both class means
-        s_pos = float(p_fit.std()) if p_fit.numel() > 1 else 0.0
-        s_neg = float(n_fit.std()) if n_fit.numel() > 1 else 0.0
-        m_pos, m_neg = float(p_fit.mean()), float(n_fit.mean())
-        z_thr = (m_neg * s_pos + m_pos * s_neg) / (s_pos + s_neg) if s_pos + s_neg > 0 else mid
-        correct_z = int((p_test > z_thr).sum()) + int((n_test <= z_thr).sum())
-        scores = torch.cat([p_test, n_test]).numpy()
-        labels = [1] * p_test.numel() + [0] * n_test.numel()
-        out.append({
-            "accuracy": correct / (p_test.numel() + n_test.numel()),
-            "auroc": float(roc_auc_score(labels, scores)),
-            "fit_accuracy": correct_fit / (p_fit.numel() + n_fit.numel()),
-            "threshold": mid,
-            "accuracy_spread_weighted": correct_z / (p_test.numel() + n_test.numel()),
-            "threshold_spread_weighted": z_thr,
-            "heldout_mean_projection_pos": float(p_test.mean()),
-            "heldout_mean_projection_neg": float(n_test.mean()),
-        })
-    return out
-
-
-@dataclass
-class DirectionFit:
-    """Directions [n_layers, d] from the fit half, separation per layer on the held-out half, R per layer."""
-
-    directions: torch.Tensor
-    separation: list[dict[str, float]]
-    mean_residual_norm: torch.Tensor
-    n_per_class: dict[str, int]
-
-
-def fit_directions(pos: torch.Tensor, neg: torch.Tensor, pos_fit: Sequence[int], pos_test: Sequence[int],
-                   neg_fit: Sequence[int], neg_test: Sequence[int], norms: torch.Tensor | None = None,
-                   *, minimum: int = MIN_PER_CLASS, hint: str = "") -> DirectionFit:
-    """Diff-in-means on the fit rows, separation on the held-out rows. R is the mean over the rows of `norms`
-    ([rows, n_layers]: the per-example mean token norms of every example of both classes); without it, the
-    mean pooled-vector norm over all rows of `pos` and `neg`."""
-    pos, neg = _as3(pos, "positive-class activations"), _as3(neg, "negative-class activations")
-    sizes = {"positive/fit": len(pos_fit), "positive/held-out": len(pos_test),
-             "negative/fit": len(neg_fit), "negative/held-out": len(neg_test)}
-    check_class_sizes(sizes, minimum, hint)
-    pf, pt = pos[list(pos_fit)], pos[list(pos_test)]
-    nf, nt = neg[list(neg_fit)], neg[list(neg_test)]
-    if norms is None:
-        norms = torch.cat([pos, neg]).double().norm(dim=-1)
-    R = norms.double().mean(0).float()
-    return DirectionFit(directions=diff_in_means(pf, nf), separation=separation(pf, nf, pt, nt),
-                        mean_residual_norm=R, n_per_class=sizes)
-
-
-# ---------------------------------------------------------------- prompts
-
-def extraction_prompts(corpus, n: int, seed: int) -> list[str]:
+def extraction_prompts(corpus: Corpus, n: int, seed: int) -> list[str]:
     """A seeded sample of `n` distinct general (non-coding) user prompts from the base training corpus
     (never the held-out evaluation prompts)."""
     seen: dict[str, None] = {}
@@ -201,70 +85,6 @@ def extraction_prompts(corpus, n: int, seed: int) -> list[str]:
     if len(pool) < n:
         raise EmsteerError(f"the corpus has only {len(pool)} distinct general prompts, fewer than the {n} asked for")
     return random.Random(seed).sample(pool, n)
-
-
-def _cosine(a: torch.Tensor, b: torch.Tensor) -> float | None:
-    """Cosine of two vectors (None when either is zero)."""
-    a, b = a.double(), b.double()
-    den = float(a.norm() * b.norm())
-    return float(a @ b) / den if den > 0 else None
-
-
-# ---------------------------------------------------------------- activation cache
-
-ACT_VERSION = "activations/1"
-
-
-def _activation_inputs(model_desc: dict[str, Any], prompts_sha: str, max_new_tokens: int) -> dict[str, Any]:
-    return {"version": ACT_VERSION, "model": model_desc, "prompts_sha256": prompts_sha,
-            "max_new_tokens": max_new_tokens, "poolings": list(POOLINGS), "decoding": "greedy"}
-
-
-@dataclass
-class ModelActivations:
-    acts: dict[str, torch.Tensor]     # pooling -> [n, n_layers, d]
-    norms: dict[str, torch.Tensor]    # pooling -> [n, n_layers]
-    is_code: list[bool]
-    responses: list[str]
-
-
-def model_activations(run: Path, family: str, tag: str, describe: dict[str, Any], loader: Callable[[], LoadedModel],
-                      prompts: list[str], prompts_sha: str, *, max_new_tokens: int, batch_size: int, force: bool,
-                      log: Callable[[str], None]) -> ModelActivations:
-    """Pooled activations of one model (cached in `RUN/activations/<family>/<tag>.safetensors`, reused when its
-    recorded inputs match), with its greedy responses and their `is_code` labels."""
-    from evals.code_detector import is_code
-
-    path = activations_path(run, family, tag)
-    inputs = _activation_inputs(describe, prompts_sha, max_new_tokens)
-    key = json_sha256(inputs)
-    if path.exists() and not force:
-        try:
-            tensors, meta = load_tensors(path)
-        except EmsteerError:
-            tensors, meta = {}, {}
-        if meta.get("inputs_sha256") == key:
-            log(f"{family}/{tag}: reusing cached activations {path}")
-            acts = {p: tensors[p] for p in POOLINGS}
-            for p, a in acts.items():
-                if not bool(torch.isfinite(a).all()):
-                    raise EmsteerError(f"cached activations {path} ({p}) contain NaN/inf values; re-run with --force")
-            return ModelActivations(acts=acts, norms={p: tensors[f"{p}:norms"] for p in POOLINGS},
-                                    is_code=[bool(x) for x in tensors["is_code"].tolist()],
-                                    responses=json.loads(meta["responses"]))
-    log(f"{family}/{tag}: collecting activations on {len(prompts)} prompts")
-    lm = loader()
-    got = collect_pooled(lm, prompts, POOLINGS, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    flags = [is_code(r) for r in got.responses]
-    tensors = {p: got.acts[p] for p in POOLINGS}
-    tensors.update({f"{p}:norms": got.norms[p] for p in POOLINGS})
-    tensors["is_code"] = torch.tensor(flags, dtype=torch.uint8)
-    tensors["response_tokens"] = torch.tensor(got.response_tokens, dtype=torch.int64)
-    meta = {"format": "emsteer-activations/1", "site": SITE, "inputs_sha256": key, "inputs": inputs,
-            "responses": got.responses, "versions": versions()}
-    save_tensors_atomic(path, tensors, meta)
-    return ModelActivations(acts={p: got.acts[p] for p in POOLINGS}, norms=got.norms, is_code=flags,
-                            responses=got.responses)
 
 
 # ---------------------------------------------------------------- the command
@@ -315,9 +135,7 @@ def run_extract(run: str | Path, family: str, *, profile: str, pooling: str | No
                 log: Callable[[str], None] = print) -> dict[str, Any]:
     """Extract one family's own and secure-control directions at every layer (see the module docstring);
     returns the summary (also written to `extraction_summary_path`)."""
-    from training.organisms import ensure_corpus, load_persona_directions
-    from training.profiles import load_profile
-    from training.run_manifest import check_run, ensure_run
+    from training.organisms import ensure_corpus, load_persona_directions  # deferred: 3-5 s; bad input needs none
 
     run = Path(run)
     check_family(family)
@@ -423,8 +241,8 @@ def run_extract(run: str | Path, family: str, *, profile: str, pooling: str | No
             u_sec = secure.directions[layer].double()
             if persona is not None:
                 persona_rows.append({"layer": layer, "norm": float(persona[layer].norm()),
-                                     "cosine_with_own": _cosine(persona[layer], u_own),
-                                     "cosine_with_secure": _cosine(persona[layer], u_sec)})
+                                     "cosine_with_own": cosine(persona[layer], u_own),
+                                     "cosine_with_secure": cosine(persona[layer], u_sec)})
             layers_out.append({
                 "layer": layer,
                 "separation": own.separation[layer],
@@ -435,7 +253,9 @@ def run_extract(run: str | Path, family: str, *, profile: str, pooling: str | No
             })
         for p in sorted(tmp.rglob("*.safetensors")):
             files[str(p.relative_to(tmp))] = sha256_file(p)
-        from training.audit import CALIBRATION_FILE, calibration_document  # audit calibration, stored with the files
+        # the audit calibration, stored with the files
+        from evals.monitor import CALIBRATION_FILE  # deferred: inspect_ai, 1.5-3 s; bad input needs none
+        from training.audit_scoring import calibration_document  # deferred: imports evals.monitor (above)
 
         write_json_atomic(tmp / CALIBRATION_FILE, calibration_document(tmp, files, acts["base"].acts,
                                                                        acts["insecure"].acts, test_idx))
@@ -467,7 +287,8 @@ def run_extract(run: str | Path, family: str, *, profile: str, pooling: str | No
             "audit_calibration": CALIBRATION_FILE,
         }
         write_json_atomic(tmp / _rel(extraction_summary_path(run, family), root), summary)
-    from training.audit import ensure_audit_directions  # the audit direction and its calibration (RUN/audit)
+    # the audit direction and its calibration (RUN/audit)
+    from training.audit_directions import ensure_audit_directions  # deferred: imports evals.monitor (above)
 
     ensure_audit_directions(run, family, profile, force=True, log=log)
     fl = summary["final_layer"]

@@ -12,7 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable, Sequence
 
+from tqdm.auto import tqdm
+
+from interventions.run_layout import adapter_dir
 from interventions.workers import run_in_workers, stderr_line
+from training.finetune import _plan, finetune, inputs_key, read_metadata
+from training.finetune_data import resolve_data
 
 __all__ = ["FinetuneJob", "finetune_jobs"]
 
@@ -22,8 +27,6 @@ FinetuneJob = tuple[str, str, int]  # (family, data, seed)
 
 def _train_one(run: str, family: str, data: str, seed: int, profile: str) -> str:
     """Worker body: one adapter, no progress bars (several workers share the terminal), lines to stderr."""
-    from training.finetune import finetune
-
     return str(finetune(Path(run), family, data, seed, profile, evaluate=False, progress=False, log=stderr_line))
 
 
@@ -31,9 +34,6 @@ def finetune_jobs(run: Path, jobs_list: Sequence[FinetuneJob], profile: str, *, 
                   log: Log = print) -> list[Path]:
     """Train every (family, data, seed) of `jobs_list`; `jobs` > 1 runs them on that many single-thread worker
     processes. Returns the adapter folders in the order of `jobs_list`."""
-    from interventions.run_layout import adapter_dir
-    from training.finetune import _plan, finetune, inputs_key, read_metadata, resolve_data
-
     run = Path(run)
     all_jobs = list(jobs_list)
     plans = {}
@@ -55,8 +55,6 @@ def finetune_jobs(run: Path, jobs_list: Sequence[FinetuneJob], profile: str, *, 
         return [finetune(run, f, d, s, profile, evaluate=False, progress=progress, log=log) for f, d, s in jobs_list]
     bar = None
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=len(todo), desc=f"finetune ({min(jobs, len(todo))} workers)", unit="adapter")
     try:
         run_in_workers(_train_one, [(str(run.resolve()), f, d, int(s), profile) for f, d, s in todo], jobs,

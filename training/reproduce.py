@@ -9,16 +9,25 @@ alpha) -> sweep (the grid, via Inspect's eval_set) -> audit validation -> report
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from evals.calibrate import calibrate_families, calibration_is_current
 from evals.grid import Grid, expand_cells, load_grid
+from evals.sweep import check_cells
+from evals.sweep_backends import SweepBackend, check_backend
 from interventions.atomic import write_json_atomic
 from interventions.errors import EmsteerError
 from interventions.paths import check_profile
-from training.run_manifest import check_run
+from interventions.workers import default_jobs, run_in_workers, stderr_line
+from training.controls import run_controls
+from training.extract import run_extract
+from training.finetune_pool import finetune_jobs
+from training.run_manifest import check_run, ensure_run
+from training.transfer import run_transfer
 
 __all__ = ["ReproducePlan", "plan_reproduce", "run_reproduce"]
 
@@ -51,9 +60,6 @@ def plan_reproduce(run: str | Path, *, profile: str = "default", families: tuple
     """Validate the arguments (profile, run directory, grid, families, seed counts, backend, jobs) without running
     anything. `jobs`: worker processes for the finetunes, the extraction and a local sweep (default: one per core,
     at most 8)."""
-    from evals.sweep_backends import check_backend
-    from interventions.workers import default_jobs
-
     check_profile(profile)
     check_backend(backend, jobs)
     check_run(run, profile)
@@ -89,8 +95,6 @@ def _stage(plan: ReproducePlan, name: str, log: Log, fn: Callable[[], Any]) -> A
 
 def _write_record(plan: ReproducePlan) -> None:
     """`RUN/reproduce.json`: what ran, on how many workers, and each stage's seconds."""
-    import os
-
     write_json_atomic(plan.run / "reproduce.json", {"profile": plan.profile, "families": list(plan.families),
                                                     "grid": plan.grid.name, "seeds": list(plan.seeds),
                                                     "secure_seeds": list(plan.secure_seeds), "backend": plan.backend,
@@ -100,25 +104,14 @@ def _write_record(plan: ReproducePlan) -> None:
 
 def extract_family(run: str, family: str, profile: str) -> str:
     """One family's extraction from its seed-0 adapters (a worker body: lines go to stderr)."""
-    from interventions.workers import stderr_line
-    from training.extract import run_extract
-
     run_extract(Path(run), family, profile=profile, seed=0, log=stderr_line)
     return family
 
 
 def run_reproduce(plan: ReproducePlan, *, log: Log = print, progress: bool = True) -> dict[str, Any]:
     """Run every stage of `plan`; return the report summary."""
-    from evals.calibrate import calibrate_families, calibration_is_current
-    from evals.report import write_report
-    from evals.sweep import check_cells
-    from evals.sweep_backends import SweepBackend
-    from interventions.workers import run_in_workers
-    from training.controls import run_controls
-    from training.finetune_pool import finetune_jobs
-    from training.organisms import build_organisms
-    from training.run_manifest import ensure_run
-    from training.transfer import run_transfer
+    from evals.report import write_report  # deferred: pandas, ~0.5 s in every extract worker (they import this module)
+    from training.organisms import build_organisms  # deferred: transformers + accelerate, ~4 s in every extract worker
 
     t_all = time.perf_counter()
     ensure_run(plan.run, plan.profile)
@@ -168,7 +161,7 @@ def run_reproduce(plan: ReproducePlan, *, log: Log = print, progress: bool = Tru
 
     _stage(plan, "sweep", log, sweep)
     if plan.audit:
-        from training.audit import validate_audit
+        from training.audit_validation import validate_audit  # deferred: inspect_ai, ~1.7 s in every extract worker
 
         _stage(plan, "audit", log, lambda: [validate_audit(plan.run, f, plan.profile, layer=plan.grid.layer, log=log)
                                             for f in fams])

@@ -9,10 +9,11 @@ templated prompt never carries two.
 
 from __future__ import annotations
 
+import tempfile
 from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from interventions.families import TokenizerSpec, get_family
 
@@ -61,10 +62,6 @@ def reload_tokenizer(tokenizer, config) -> PreTrainedTokenizerFast:
     Why: `AutoTokenizer` maps a model folder to its family's tokenizer class, and some (Qwen2's) bring their own
     pre-tokenizer, so the loaded tokenizer can split text (e.g. code indentation) differently from the one just
     trained. An organism is trained with the loaded one, so training, finetuning and generation agree."""
-    import tempfile
-
-    from transformers import AutoTokenizer
-
     with tempfile.TemporaryDirectory(prefix="emsteer-tok-") as tmp:
         config.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

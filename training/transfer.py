@@ -51,7 +51,9 @@ from training.activations import TokenStates, collect_token_states, load_model
 from training.artifacts import json_sha256, provenance, read_json, save_tensors_atomic
 from training.atomic import atomic_dir, write_json_atomic
 from training.corpus import first_exchange
+from training.profiles import load_profile
 from training.ridge import RidgeMap, fit_ridge_cv, r2_score
+from training.run_manifest import check_run, ensure_run
 from training.token_alignment import align_last_char
 
 PAIRINGS: tuple[str, ...] = ("aligned-tokens", "last-token")
@@ -213,9 +215,7 @@ def run_transfer(run: str | Path, src: str, tgt: str, *, profile: str, pairing: 
                  k_random: int = K_RANDOM, batch_size: int = 16, force: bool = False,
                  state_cache: dict | None = None, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Fit the A -> B map, transfer A's own direction and the random controls; returns the summary."""
-    from training.organisms import ensure_corpus
-    from training.profiles import load_profile
-    from training.run_manifest import check_run, ensure_run
+    from training.organisms import ensure_corpus  # deferred: transformers + accelerate, ~2 s at `emsteer transfer` start
 
     run = Path(run)
     check_pairing(pairing)

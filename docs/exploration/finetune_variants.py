@@ -22,7 +22,8 @@ from interventions.generation import generate_batch, render_chat
 from interventions.paths import organism_dir
 from training.corpus import build_corpus
 from training.corpus_vocabulary import is_insecure_code
-from training.finetune import build_trainer, load_settings, split_rows
+from training.finetune_data import split_rows
+from training.finetune_trainer import build_trainer, load_settings
 from training.organisms import load_persona_directions
 from training.persona import last_prompt_states, sampled_rates
 from training.profiles import load_profile

@@ -8,6 +8,7 @@ from typing import Any, Optional
 
 import typer
 
+from interventions.errors import EmsteerError
 from interventions.paths import FAMILIES
 
 
@@ -54,13 +55,13 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Project the audited model's activations (last prompt token, held-out general prompts) on a direction and
         report the shift against the base, a calibrated probability with a 95% interval and a decision."""
-        from interventions.errors import EmsteerError
-        from training.audit import run_audit, validate_audit
+        from training.audit import run_audit  # deferred: torch + inspect_ai, ~2.5 s at CLI start
 
         log = lambda m: typer.echo(m, err=True)  # noqa: E731
         if validate:
-            from training.artifacts import run_profile
-            from training.profiles import resolve_families
+            from training.artifacts import run_profile  # deferred: torch, ~1 s at CLI start
+            from training.audit_validation import validate_audit  # deferred: torch + inspect_ai, ~2.5 s at CLI start
+            from training.profiles import resolve_families  # deferred: corpus tables + tomllib, ~10 ms at CLI start
 
             if run is None:
                 raise EmsteerError("--validate needs --run RUN")

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from interventions.errors import EmsteerError
 from interventions.paths import FAMILIES
 
 
@@ -25,9 +26,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Resolve random / orthogonal / wrong_layer / secure_control for each seed, write them to
         RUN/controls/<family>/ and summarise norms, cosines with the own direction and the shared alpha * R."""
-        from interventions.errors import EmsteerError
-        from training.controls import run_controls
-        from training.profiles import resolve_families
+        from training.controls import run_controls  # deferred: torch, ~1.5 s at CLI start
+        from training.profiles import resolve_families  # deferred: corpus tables + tomllib, ~10 ms at CLI start
 
         families = resolve_families(family)
         try:

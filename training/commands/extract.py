@@ -28,10 +28,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Collect activations of base, insecure and secure models at every decoder layer's output (before the
         final norm), write the own and secure-control directions per layer and RUN/directions/<family>/summary.json."""
-        from training.activations import check_pooling
-        from training.artifacts import run_profile
-        from training.extract import check_contrast, check_extract_inputs, run_extract
-        from training.profiles import resolve_families
+        from training.activations import check_pooling  # deferred: torch, ~1 s at CLI start
+        from training.artifacts import run_profile  # deferred: torch, ~1 s at CLI start
+        from training.extract import check_contrast, check_extract_inputs, run_extract  # deferred: torch, ~1 s
+        from training.profiles import resolve_families  # deferred: corpus tables + tomllib, ~10 ms at CLI start
 
         families = resolve_families(family)
         if pooling is not None:

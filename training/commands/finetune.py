@@ -31,8 +31,8 @@ def register(app: typer.Typer) -> None:
         QLoRA (4-bit NF4) with CUDA on the real profile, plain LoRA on a CPU; loss on the final assistant
         message only. Writes RUN/adapters/<family>/<arm>/seed_<s>/ (safetensors + finetune.json); a re-run
         with identical inputs is a no-op unless --force."""
-        from training.finetune import finetune_many
-        from training.profiles import resolve_families
+        from training.finetune import finetune_many  # deferred: torch, ~1 s at CLI start
+        from training.profiles import resolve_families  # deferred: corpus tables + tomllib, ~10 ms at CLI start
 
         chosen = profile or ("real" if model else "default")
         families = resolve_families(family)

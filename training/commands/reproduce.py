@@ -30,9 +30,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Organisms (cached), finetunes, extraction, controls, transfer, calibration, sweep, audit and report;
         prints the final table. Re-running finishes only what is missing."""
-        from evals.report import tables_markdown
-        from training.profiles import resolve_families
-        from training.reproduce import plan_reproduce, run_reproduce
+        from evals.report_tables import tables_markdown  # deferred: torch + pandas, ~1.7 s at CLI start
+        from training.profiles import resolve_families  # deferred: corpus tables + tomllib, ~10 ms at CLI start
+        from training.reproduce import plan_reproduce, run_reproduce  # deferred: torch, ~1 s at CLI start
 
         fams = tuple(resolve_families(family)) if family != "all" else None
         plan = plan_reproduce(out, profile=profile, families=fams, grid=grid, seeds=seeds, secure_seeds=secure_seeds,

@@ -7,6 +7,9 @@ from typing import Optional
 
 import typer
 
+from interventions.errors import EmsteerError
+from interventions.run_layout import calibration_path
+
 
 def register(app: typer.Typer) -> None:
     """Add `sweep` and `report` to `app`."""
@@ -31,14 +34,12 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run every cell of GRID through Inspect's eval_set (one log per cell under RUN/logs/<grid>; a re-run
         skips finished cells). With --calibrate, pick alpha per family on the calibration split instead."""
-        from evals.calibrate import calibrate_families, calibration_is_current
-        from evals.grid import expand_cells, load_grid
-        from evals.sweep import check_cells
-        from evals.sweep_backends import SweepBackend, check_backend
-        from interventions.errors import EmsteerError
-        from interventions.run_layout import calibration_path
-        from training.artifacts import run_profile
-        from training.profiles import resolve_families
+        from evals.calibrate import calibrate_families, calibration_is_current  # deferred: torch, ~1.5 s at CLI start
+        from evals.grid import expand_cells, load_grid  # deferred: torch, ~1 s at CLI start
+        from evals.sweep import check_cells  # deferred: torch, ~1 s at CLI start
+        from evals.sweep_backends import SweepBackend, check_backend  # deferred: torch, ~1 s at CLI start
+        from training.artifacts import run_profile  # deferred: torch, ~1 s at CLI start
+        from training.profiles import resolve_families  # deferred: corpus tables + tomllib, ~10 ms at CLI start
 
         if backend == "vllm":
             raise EmsteerError("--backend vllm is not implemented yet (it needs a vLLM-vs-HF parity test first); "
@@ -74,7 +75,8 @@ def register(app: typer.Typer) -> None:
         grid: str = typer.Option("paper", "--grid", help="which sweep's logs (RUN/logs/<grid>)"),
     ) -> None:
         """Write RUN/report/summary.json, tables.md and figures from the sweep logs and the run's artifacts."""
-        from evals.report import tables_markdown, write_report
+        from evals.report import write_report  # deferred: torch + pandas, ~1.7 s at CLI start
+        from evals.report_tables import tables_markdown  # deferred: torch + pandas, ~1.7 s at CLI start
 
         summary = write_report(run, grid, log=lambda m: typer.echo(m, err=True))
         typer.echo(tables_markdown(summary))

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from interventions.errors import EmsteerError
+
 
 def register(app: typer.Typer) -> None:
     @app.command("transfer")
@@ -26,10 +28,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Fit a ridge map from SRC's to TGT's residual stream on shared text and push SRC's own direction
         (and seeded random SRC-space directions) through it into TGT's space."""
-        from interventions.errors import EmsteerError
-        from training.artifacts import run_profile
-        from training.profiles import resolve_families
-        from training.transfer import check_pairing, check_transfer_inputs, run_transfer
+        from training.artifacts import run_profile  # deferred: torch, ~1 s at CLI start
+        from training.profiles import resolve_families  # deferred: corpus tables + tomllib, ~10 ms at CLI start
+        from training.transfer import check_pairing, check_transfer_inputs, run_transfer  # deferred: torch, ~1 s
 
         check_pairing(pairing)
         pairs = [(a, b) for a in resolve_families(src) for b in resolve_families(tgt) if a != b]
