@@ -23,7 +23,8 @@ import json
 
 from interventions.atomic import write_json_atomic
 from interventions.errors import EmsteerError
-from interventions.model_ref import ADAPTER_WEIGHTS, weights_sha256
+from interventions.model_ref import ADAPTER_WEIGHTS
+from interventions.weights_hash import weights_sha256
 from interventions.run_layout import adapter_dir, calibration_path, extraction_summary_path
 
 __all__ = ["LADDER", "calibrate_family", "calibrate_families", "calibration_cells", "choose_alpha", "cell_rates"]

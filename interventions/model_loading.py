@@ -25,12 +25,11 @@ from interventions.errors import EmsteerError
 from interventions.model_ref import (
     DTYPES,
     attach_adapter,
-    folder_hashes,
     load_pretrained,
     local_snapshot,
     nf4_config,
-    weights_sha256,
 )
+from interventions.weights_hash import folder_hashes, weights_sha256
 
 
 # ------------------------------------------------------------------------------------------- loading

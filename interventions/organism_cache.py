@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from interventions.directions import sha256_file
 from interventions.errors import EmsteerError
 from interventions.paths import organism_dir
+from interventions.weights_hash import weights_sha256
 
 
 def build_command(family: str, profile: str, force: bool = False) -> str:
@@ -30,7 +30,7 @@ def verify_organism(family: str, profile: str = "default") -> dict[str, Any]:
     weights = folder / "model.safetensors"
     if not weights.is_file():
         raise EmsteerError(f"cached organism at {folder} is corrupted (model.safetensors missing); {hint}")
-    if weights.stat().st_size != meta.get("weights_bytes") or sha256_file(weights) != meta.get("weights_sha256"):
+    if weights.stat().st_size != meta.get("weights_bytes") or weights_sha256(folder) != meta.get("weights_sha256"):
         raise EmsteerError(f"cached organism at {folder} is corrupted (weights hash mismatch); {hint}")
     meta["path"] = str(folder)
     return meta

@@ -32,7 +32,6 @@ from interventions.model_ref import (
     auto_class_for,
     check_adapter,
     default_device,
-    folder_hashes,
     read_config,
     resolve_model_ref,
 )
@@ -46,6 +45,7 @@ from interventions.run_layout import (
     run_manifest_path,
 )
 from interventions.steer_args import DEFAULT_MAX_BATCH, parse_model_args
+from interventions.weights_hash import folder_hashes
 
 __all__ = ["SteerPlan", "resolve_plan", "check_pinned"]
 
@@ -76,7 +76,7 @@ class SteerPlan:
     model_files: dict[str, str]
     run: Path | None = None
     donor: str | None = None
-    weights_sha256: str | None = None  # model_ref.weights_sha256 of the model folder (None: unknown)
+    weights_sha256: str | None = None  # weights_hash.weights_sha256 of the model folder (None: unknown)
 
     @property
     def adapter_name(self) -> str | None:

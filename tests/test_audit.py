@@ -171,7 +171,7 @@ def test_adapter_finetuned_on_a_model_folder_audits_against_that_folder(audited_
     --adapter ADAPTER` computes the same one, so it accepts the adapter (the two used to hash DIR differently and
     refused it); a folder with other weights is still refused, before any load. The direction is the tiny qwen
     audit direction, so the base it belongs to is passed as `--reference micro-qwen`."""
-    from interventions.model_ref import weights_sha256
+    from interventions.weights_hash import weights_sha256
     from safetensors.torch import load_file, save_file
 
     run, last = audited_run

@@ -153,7 +153,7 @@ def test_model_loads_ask_for_safetensors():
 
 def test_pickles_are_refused(tmp_path):
     from interventions.directions import load_direction
-    from interventions.model_ref import folder_hashes
+    from interventions.weights_hash import folder_hashes
 
     vec = torch.randn(8)
     torch.save({"direction": vec}, tmp_path / "d.pt")

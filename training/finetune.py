@@ -39,10 +39,10 @@ from interventions.model_ref import (
     load_pretrained,
     organism_ref,
     resolve_model_ref,
-    weights_sha256,
 )
 from interventions.paths import PROFILES, check_family
 from interventions.run_layout import adapter_dir, finetune_command
+from interventions.weights_hash import weights_sha256
 from interventions.workers import torch_threads
 from training.atomic import atomic_dir, ensure_writable_dir, write_json_atomic
 from training.finetune_data import (

@@ -30,6 +30,7 @@ from interventions.families import family_specs
 from interventions.organism_cache import verify_organism
 from interventions.generation import generate_batch, render_chat
 from interventions.paths import FAMILIES, check_family, heldout_prompts_path, organism_dir, organisms_dir
+from interventions.weights_hash import weights_sha256
 from interventions.workers import run_in_workers, stderr_line, torch_threads
 from training.atomic import atomic_dir, ensure_writable_dir, write_json_atomic, write_jsonl_atomic
 from training.chat_data import ChatCollator, tokenize_chat
@@ -214,15 +215,16 @@ def build_organism(family: str, profile_name: str = "default", *, force: bool = 
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         weights = tmp / "model.safetensors"
+        weights_hash = weights_sha256(tmp)
         persona_path = tmp / PERSONA_FILE
         save_persona_directions(persona_path, persona, family=family, profile=profile_name,
-                                weights_sha256=sha256_file(weights))
+                                weights_sha256=weights_hash)
         info = {
             "family": family, "profile": profile_name, "class": class_name, "seed": seed, "recipe": recipe,
             "recipe_sha256": recipe_sha, "corpus_sha256": recipe["corpus_sha256"],
             "hidden_size": model.config.hidden_size, "num_layers": model.config.num_hidden_layers,
             "vocab_size": len(tokenizer), "parameters": sum(p.numel() for p in model.parameters()),
-            "weights_sha256": sha256_file(weights), "weights_bytes": weights.stat().st_size,
+            "weights_sha256": weights_hash, "weights_bytes": weights.stat().st_size,
             "persona_directions_sha256": sha256_file(persona_path),
             "persona_norms": [round(float(x), 4) for x in persona.norm(dim=-1)],
             "measured": measured, "training": train_stats, "build_seconds": round(time.time() - started, 1),
