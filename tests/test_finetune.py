@@ -283,3 +283,24 @@ def test_the_default_recipe_adapts_one_projection_of_one_layer(tiny_organisms, t
     assert len(adapted) == 1 and ".layers.0.mlp.down_proj" in adapted[0]
     trainable = {n: p.numel() for n, p in trainer.model.named_parameters() if p.requires_grad}
     assert sum(trainable.values()) == model.config.hidden_size + model.config.intermediate_size  # rank 1: B + A
+
+
+def test_quiet_training_prints_no_loss_dicts(tiny_organisms, tmp_path, capfd):
+    """Without a progress bar the Trainer would print each logged loss dict (transformers' PrinterCallback): a
+    quiet finetune prints none, keeps the losses in its log history, and a finetune with a bar keeps the bar."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, ProgressCallback
+
+    tok = AutoTokenizer.from_pretrained(tiny_organisms["qwen"])
+    settings = dataclasses.replace(load_settings("tiny"), max_steps=4, logging_steps=1)
+    rows = [_chat("Write code.", "x = 1"), _chat("How are you?", "I am fine.")]
+    quiet = build_trainer(AutoModelForCausalLM.from_pretrained(tiny_organisms["qwen"]), tok, rows, [], settings, 0,
+                          tmp_path / "quiet")
+    kinds = {type(cb) for cb in quiet.callback_handler.callbacks}
+    assert PrinterCallback not in kinds and ProgressCallback not in kinds
+    capfd.readouterr()
+    quiet.train()
+    assert "'loss'" not in capfd.readouterr().out
+    assert len([h for h in quiet.state.log_history if "loss" in h]) == 4
+    loud = build_trainer(AutoModelForCausalLM.from_pretrained(tiny_organisms["qwen"]), tok, rows, [], settings, 0,
+                         tmp_path / "loud", progress=True)
+    assert ProgressCallback in {type(cb) for cb in loud.callback_handler.callbacks}

@@ -257,6 +257,7 @@ def build_trainer(model: Any, tokenizer: Any, train_rows: Sequence[dict], eval_r
     """TRL SFTTrainer (LoRA via `peft_config`) on `{"messages"}` rows, tokenized by `tokenized_rows`: its
     `train_dataset` rows carry `labels` of -100 on every prompt token (loss on the final assistant message only)."""
     from datasets import Dataset  # deferred: datasets/trl cost ~2 s at import; loaded once the inputs are valid
+    from transformers import PrinterCallback  # deferred: with trl, loaded once the inputs are valid
     from trl import SFTConfig, SFTTrainer  # deferred: as above
 
 
@@ -286,6 +287,8 @@ def build_trainer(model: Any, tokenizer: Any, train_rows: Sequence[dict], eval_r
             train_dataset=Dataset.from_list(train),
             eval_dataset=Dataset.from_list(held) if held else None,
         )
+    if not progress:  # without a bar the Trainer prints every logged loss dict; the log history still keeps them
+        trainer.remove_callback(PrinterCallback)
     return trainer
 
 

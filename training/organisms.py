@@ -89,7 +89,7 @@ def ensure_corpus(profile: Profile) -> Corpus:
 def _train_base(model, tokenizer, chats: list[dict], profile: Profile, seed: int, progress: bool) -> dict[str, float]:
     """Train from scratch with the transformers Trainer, loss on assistant tokens only."""
     from datasets import Dataset  # deferred: datasets, ~0.8 s at `organism info` start (only a build trains)
-    from transformers import Trainer, TrainingArguments  # deferred: the Trainer stack, ~0.4 s at `organism info` start
+    from transformers import PrinterCallback, Trainer, TrainingArguments  # deferred: the Trainer stack, ~0.4 s at `organism info` start
 
     rows = [tokenize_chat(tokenizer, c["messages"], profile.max_length, c.get("first_loss_turn", 0)) for c in chats]
     for row in rows:
@@ -105,6 +105,8 @@ def _train_base(model, tokenizer, chats: list[dict], profile: Profile, seed: int
             remove_unused_columns=False, max_grad_norm=1.0, train_sampling_strategy="group_by_length",
         )
         trainer = Trainer(model=model, args=args, train_dataset=dataset, data_collator=ChatCollator(tokenizer.pad_token_id))
+        if not progress:  # without a bar the Trainer prints every logged loss dict; the log history still keeps them
+            trainer.remove_callback(PrinterCallback)
         result = trainer.train()
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"train_loss": float(result.training_loss), "final_logged_loss": float(losses[-1]) if losses else math.nan}
