@@ -83,6 +83,16 @@ def _positive_int(key: str, v: Any) -> int:
     return n
 
 
+def _alpha(key: str, v: Any) -> float:
+    """A perturbation size: zero or more. The sign is the op's job, so a negative size is refused with the op that
+    means it (subtract with -3 is add with 3)."""
+    a = _as_float(key, v)
+    if a < 0:
+        raise EmsteerError(f"-M {key}={a:g} is negative: alpha is a size and the op gives the sign; op=subtract "
+                           f"with alpha {a:g} is op=add with alpha {-a:g} (and the other way round), so flip the op")
+    return a
+
+
 def _resolved(key: str, v: Any) -> dict[str, Any]:
     if isinstance(v, str):
         try:
@@ -102,7 +112,7 @@ KEYS: dict[str, tuple[Callable[[str, Any], Any], str]] = {
     "run": (_as_str, "experiment folder the variant files are read from"),
     "layer": (_as_int, "decoder layer (negative counts from the end; default -1, the final layer)"),
     "op": (_choice(OPS), "subtract | add | ablate"),
-    "alpha": (_as_float, "perturbation size in units of the layer's mean residual norm R"),
+    "alpha": (_alpha, "perturbation size (>= 0; the op gives the sign) in units of the layer's mean residual norm R"),
     "positions": (_choice(POSITIONS), "all | generated"),
     "seed": (_as_int, "seed of control directions and of sampling (default 0)"),
     "dtype": (_choice(tuple(DTYPES)), "auto | float32 | bfloat16 | float16"),

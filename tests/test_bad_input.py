@@ -208,6 +208,8 @@ CASES: list[tuple[str, str, list[str], list[str]]] = [
     ("steer-alpha-not-number", "inspect", _steer("direction={d}/ok.safetensors", "alpha=lots"),
      ["-M alpha must be a finite number", "'lots'"]),
     ("steer-alpha-nan", "inspect", _steer("direction={d}/ok.safetensors", "alpha=nan"), ["-M alpha must be a finite"]),
+    ("steer-alpha-negative", "inspect", _steer("direction={d}/ok.safetensors", "op=subtract", "alpha=-3"),
+     ["-M alpha=-3 is negative", "op=subtract with alpha -3 is op=add with alpha 3"]),
     ("steer-layer-out-of-range", "inspect", _steer("layer=7"), ["layer 7 is out of range", "valid: -2..1"]),
     ("steer-layer-not-int", "inspect", _steer("layer=1.5"), ["-M layer must be an integer"]),
     ("steer-unknown-op", "inspect", _steer("op=multiply"), ["-M op=multiply", "subtract, add, ablate"]),

@@ -109,3 +109,12 @@ def test_missing_inputs_are_clear_errors(run, tmp_path_factory):
     assert not cell_dir(run, "qwen", 1, 0).exists()
     with pytest.raises(EmsteerError, match="out of range"):
         run_controls(run, "qwen", layer=9, alpha=1.0, log=lambda m: None)
+
+
+def test_a_negative_or_infinite_alpha_is_refused(tmp_path):
+    from training.controls import calibrated_alpha
+
+    assert calibrated_alpha(tmp_path, "qwen", 0.5) == (0.5, "command line")
+    for bad in (-1.0, float("inf")):
+        with pytest.raises(EmsteerError, match="--alpha must be a finite size >= 0"):
+            calibrated_alpha(tmp_path, "qwen", bad)

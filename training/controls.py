@@ -54,8 +54,9 @@ def calibrated_alpha(run: Path, family: str, alpha: float | None) -> tuple[float
     """(alpha, where it came from) of a cell: the given one, else the run's calibration for the family (a one-line
     error naming the command that writes it when there is none, never a silent default)."""
     if alpha is not None:
-        if not math.isfinite(alpha):
-            raise EmsteerError(f"alpha must be finite, got {alpha}")
+        if not math.isfinite(alpha) or alpha < 0:
+            raise EmsteerError(f"--alpha must be a finite size >= 0 (the controls are used with the op of the grid), "
+                               f"got {alpha}")
         return float(alpha), "command line"
     value = read_calibrated_alpha(run, family, needed_by=f"emsteer controls for {family}", instead="pass --alpha A")
     return value, str(calibration_path(run, family))
