@@ -25,7 +25,7 @@ from evals.report_sections import family_section, monitor_section, read_json, tr
 from evals.report_tables import tables_markdown
 from interventions.atomic import write_json_atomic, write_text_atomic
 from interventions.errors import EmsteerError
-from interventions.paths import FAMILIES
+from interventions.paths import FAMILIES, SMOKE_VERDICT, is_smoke_profile
 from interventions.run_layout import report_dir, run_manifest_path
 
 __all__ = ["build_summary", "write_report", "check_summary", "SCHEMA", "SUMMARY_KEYS", "FAMILY_KEYS"]
@@ -51,10 +51,14 @@ def build_summary(run: str | Path, grid: str = "paper") -> tuple[dict[str, Any],
         fams[f]["monitor"] = monitor_section(f, table)
     transfer = transfer_section(df, run)
     n_seeds = {f: int(df[(df["family"] == f) & (df["arm"] == "insecure")]["seed"].nunique()) for f in families}
+    smoke = is_smoke_profile(manifest.get("profile"))
+    claims = paper_claims(fams, transfer)
+    if smoke:  # a smoke run judges nothing: its organisms cannot show the phenomenon, whatever the numbers say
+        claims = [{**c, "reproduced": None, "verdict": SMOKE_VERDICT} for c in claims]
     summary = {
         "schema": SCHEMA, "run": str(run), "profile": manifest.get("profile"), "grid": grid,
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "n_cells": len(table.cells),
-        "families": fams, "transfer": transfer, "claims": paper_claims(fams, transfer),
+        "families": fams, "transfer": transfer, "claims": claims,
         "cells": {name: {"log": c["log"], "direction_sha256": c["provenance"]["direction_sha256"],
                          "alpha": c["label"].get("alpha_value")} for name, c in sorted(table.cells.items())},
         "notes": {"split": "test half of the held-out prompts (alpha was calibrated on the other half)",
@@ -62,7 +66,11 @@ def build_summary(run: str | Path, grid: str = "paper") -> tuple[dict[str, Any],
                             "95% bootstrap over prompts and over seeds (or random draws) where there are several",
                   "coherence": "share of non-code answers to general prompts that are well-formed prose "
                                "(evals/coherence.py)",
-                  "n_insecure_seeds": n_seeds},
+                  "n_insecure_seeds": n_seeds,
+                  "evidence": (f"{SMOKE_VERDICT}: profile {manifest.get('profile')} organisms are too small to show "
+                               "the phenomenon; the numbers check the pipeline and no claim is judged") if smoke
+                              else "one run of the documented profile; a claim holds only if it holds on a second "
+                                   "organism seed"},
     }
     check_summary(summary)
     return summary, table

@@ -38,6 +38,7 @@ def tables_markdown(summary: dict[str, Any]) -> str:
            f"Created {summary['created']} from {summary['n_cells']} cell logs. Rates in %, with 95% bootstrap "
            "intervals; changes in points vs the unsteered insecure model of the same seed (paired by prompt). "
            f"Insecure seeds per family: {summary['notes']['n_insecure_seeds']}.", "",
+           f"**Evidence:** {summary['notes'].get('evidence', '')}", "",
            "## Separation at the final layer (held-out prompts)", "",
            "| family | layer | accuracy | AUROC | pooling | contrast |", "|---|---|---|---|---|---|"]
     for f, s in fams.items():
@@ -96,6 +97,6 @@ def tables_markdown(summary: dict[str, Any]) -> str:
                    f"{_fmt(mw.get('auroc'), 2)} (n={mw.get('n', '-')}) | {mt} |")
     out += ["", "## The paper's claims at this scale", "", "| claim | paper | target | reproduced |", "|---|---|---|---|"]
     for c in summary["claims"]:
-        mark = {True: "yes", False: "no", None: "not tested"}[c["reproduced"]]
+        mark = c.get("verdict") or {True: "yes", False: "no", None: "not tested"}[c["reproduced"]]
         out.append(f"| {c['id']} | {c['paper']} | {c['target']} | {mark} |")
     return "\n".join(out) + "\n"

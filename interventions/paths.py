@@ -18,6 +18,14 @@ FAMILIES: tuple[str, ...] = family_names()
 PROFILES: tuple[str, ...] = ("default", "default-s1", "tiny")
 # The finetune recipe, grids and presets of a profile are those of its recipe profile.
 RECIPE_PROFILES: dict[str, str] = {"default-s1": "default"}
+# Profiles whose organisms are too small to show the phenomenon: their runs test the plumbing, never the science.
+SMOKE_PROFILES: tuple[str, ...] = ("tiny",)
+SMOKE_VERDICT = "smoke test: not evidence"
+
+
+def is_smoke_profile(profile: str | None) -> bool:
+    """Whether runs of `profile` are smoke tests (organisms too small to show the phenomenon), never evidence."""
+    return profile is not None and recipe_profile(profile) in SMOKE_PROFILES
 
 
 def recipe_profile(profile: str) -> str:
@@ -58,6 +66,20 @@ def organisms_dir(profile: str) -> Path:
 def organism_dir(family: str, profile: str = "default") -> Path:
     """Folder of one built micro organism (a `save_pretrained` model + tokenizer + organism.json)."""
     return organisms_dir(profile) / check_family(family)
+
+
+# The provenance record `emsteer model fetch` writes last into a fetched model's folder (its presence = fetched).
+FETCH_RECORD = "provenance.json"
+
+
+def fetched_models_dir() -> Path:
+    """Folder of the pretrained models `emsteer model fetch` converted (one plain HF folder each)."""
+    return cache_root() / "models"
+
+
+def fetched_model_dir(name: str) -> Path:
+    """The HF folder of fetched model `name` (a key of `configs/models.toml`)."""
+    return fetched_models_dir() / name
 
 
 def heldout_prompts_path(profile: str = "default") -> Path:

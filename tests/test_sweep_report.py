@@ -138,6 +138,11 @@ def test_reproduce_tiny_end_to_end_writes_the_documented_summary(tiny_reproduce)
     assert set(on_disk["transfer"]) == {"qwen->llama", "llama->qwen"}
     assert {c["id"] for c in on_disk["claims"]} >= {"separation", "own_direction", "magnitude_controls",
                                                      "secure_control", "transfer_controls"}
+    # a tiny run is a smoke test: it judges no claim and says so in the summary and the tables
+    assert {(c["reproduced"], c["verdict"]) for c in on_disk["claims"]} == {(None, "smoke test: not evidence")}
+    assert on_disk["notes"]["evidence"].startswith("smoke test: not evidence")
+    tables = (run / "report" / "tables.md").read_text()
+    assert "**Evidence:** smoke test: not evidence" in tables and "| yes |" not in tables
     for name in ("tables.md", "figures/separation_by_layer.png", "figures/transfer_heatmap.png",
                  "figures/dose_response.png"):
         assert (run / "report" / name).stat().st_size > 0
@@ -271,3 +276,10 @@ def test_calibration_is_redone_when_its_adapter_or_directions_change(tmp_path) -
     assert not calibration_is_current(run, "qwen", task={**task, "samples": 1})
     weights.write_bytes(b"retrained")
     assert not calibration_is_current(run, "qwen", task=task)
+
+
+def test_only_the_tiny_profile_is_a_smoke_test() -> None:
+    from interventions.paths import PROFILES, is_smoke_profile
+
+    assert {p: is_smoke_profile(p) for p in PROFILES} == {"default": False, "default-s1": False, "tiny": True}
+    assert is_smoke_profile(None) is False
