@@ -27,6 +27,10 @@ N_LAYERS, D, R = 4, 16, 7.5
 
 @pytest.fixture
 def run(tmp_path):
+    """A run (manifest of the default profile) holding planted own and secure directions of qwen."""
+    from training.run_manifest import ensure_run
+
+    ensure_run(tmp_path, "default")
     g = torch.Generator().manual_seed(0)
     for layer in range(N_LAYERS):
         meta = {"model_id": "micro-qwen", "layer": layer, "mean_residual_norm": R + layer, "pooling": "response-mean"}

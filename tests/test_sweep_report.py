@@ -193,13 +193,17 @@ def test_report_refuses_logs_with_disagreeing_provenance(tiny_reproduce, tmp_pat
 
 
 def test_reproduce_bad_input_fails_before_running(tiny_reproduce, tmp_path) -> None:
+    from training.run_manifest import ensure_run
+
     run, _, _ = tiny_reproduce
     env = {**os.environ}
+    ensure_run(tmp_path / "empty", "tiny")  # a run with no adapters yet
     cases = [
         (["reproduce", "--profile", "default", "--out", str(run)], "belongs to profile 'tiny'"),
         (["reproduce", "--profile", "tiny", "--grid", "nope", "--out", str(tmp_path / "r")], "grid 'nope' not found"),
         (["sweep", "--run", str(tmp_path / "empty"), "--grid", "smoke", "--profile", "tiny"], "missing adapter"),
-        (["report", str(tmp_path / "nowhere")], "is not a run directory"),
+        (["report", str(tmp_path / "nowhere")], "no run at"),
+        (["sweep", "--run", str(tmp_path / "nowhere"), "--grid", "smoke"], "(does not exist)"),
     ]
     for args, message in cases:
         proc = subprocess.run([sys.executable, "-m", "training.cli", *args], capture_output=True, text=True, env=env,

@@ -53,6 +53,17 @@ def read_run(run: str | Path) -> dict[str, Any] | None:
     return manifest
 
 
+def require_run(run: str | Path) -> dict[str, Any]:
+    """The manifest of an existing run; a one-line error naming the missing run (and how runs are made) when `run`
+    is not one, so commands that read a run never talk about organisms or hub ids for a mistyped path."""
+    manifest = read_run(run)
+    if manifest is None:
+        what = "does not exist" if not Path(run).exists() else f"has no {run_manifest_path(run).name}"
+        raise EmsteerError(f"no run at {run} ({what}); a run is made by `emsteer finetune --run {run} ...` or "
+                           f"`emsteer reproduce --out {run}`")
+    return manifest
+
+
 def check_run(run: str | Path, profile: str) -> dict[str, Any] | None:
     """Validate (without writing) that `run` is new or belongs to `profile`; returns its manifest or None."""
     check_run_profile(profile)

@@ -10,6 +10,7 @@ import typer
 
 from interventions.errors import EmsteerError
 from interventions.paths import FAMILIES
+from training.run_manifest import require_run
 
 
 def _interval(ci: list[float] | None, fmt: str = "{:.3f}") -> str:
@@ -55,6 +56,8 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Project the audited model's activations (last prompt token, held-out general prompts) on a direction and
         report the shift against the base, a calibrated probability with a 95% interval and a decision."""
+        if run is not None:
+            require_run(run)
         from training.audit import run_audit  # deferred: torch + inspect_ai, ~2.5 s at CLI start
 
         log = lambda m: typer.echo(m, err=True)  # noqa: E731
@@ -65,6 +68,7 @@ def register(app: typer.Typer) -> None:
 
             if run is None:
                 raise EmsteerError("--validate needs --run RUN")
+            require_run(run)
             prof = run_profile(run, profile)
             results = {fam: validate_audit(run, fam, prof, threshold=threshold, batch_size=batch_size, log=log)
                        for fam in resolve_families(family)}

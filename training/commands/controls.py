@@ -9,6 +9,7 @@ import typer
 
 from interventions.errors import EmsteerError
 from interventions.paths import FAMILIES
+from training.run_manifest import require_run
 
 
 def register(app: typer.Typer) -> None:
@@ -26,6 +27,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Resolve random / orthogonal / wrong_layer / secure_control for each seed, write them to
         RUN/controls/<family>/ and summarise norms, cosines with the own direction and the shared alpha * R."""
+        require_run(run)
         from training.controls import run_controls  # deferred: torch, ~1.5 s at CLI start
         from training.profiles import resolve_families  # deferred: corpus tables + tomllib, ~10 ms at CLI start
 

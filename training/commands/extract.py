@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from interventions.paths import FAMILIES
+from training.run_manifest import require_run
 
 
 def register(app: typer.Typer) -> None:
@@ -28,6 +29,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Collect activations of base, insecure and secure models at every decoder layer's output (before the
         final norm), write the own and secure-control directions per layer and RUN/directions/<family>/summary.json."""
+        require_run(run)
         from training.activations import check_pooling  # deferred: torch, ~1 s at CLI start
         from training.artifacts import run_profile  # deferred: torch, ~1 s at CLI start
         from training.extract import check_contrast, check_extract_inputs, run_extract  # deferred: torch, ~1 s

@@ -9,6 +9,7 @@ import typer
 
 from interventions.errors import EmsteerError
 from interventions.run_layout import calibration_path
+from training.run_manifest import require_run
 
 
 def register(app: typer.Typer) -> None:
@@ -34,6 +35,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run every cell of GRID through Inspect's eval_set (one log per cell under RUN/logs/<grid>; a re-run
         skips finished cells). With --calibrate, pick alpha per family on the calibration split instead."""
+        if backend == "vllm":
+            raise EmsteerError("--backend vllm is not implemented yet (it needs a vLLM-vs-HF parity test first); "
+                               "see docs/scale.md for the plan, and use --backend local or ray")
+        require_run(run)
         from evals.calibrate import calibrate_families, calibration_is_current  # deferred: torch, ~1.5 s at CLI start
         from evals.grid import expand_cells, load_grid  # deferred: torch, ~1 s at CLI start
         from evals.sweep import check_cells  # deferred: torch, ~1 s at CLI start
@@ -41,9 +46,6 @@ def register(app: typer.Typer) -> None:
         from training.artifacts import run_profile  # deferred: torch, ~1 s at CLI start
         from training.profiles import resolve_families  # deferred: corpus tables + tomllib, ~10 ms at CLI start
 
-        if backend == "vllm":
-            raise EmsteerError("--backend vllm is not implemented yet (it needs a vLLM-vs-HF parity test first); "
-                               "see docs/scale.md for the plan, and use --backend local or ray")
         check_backend(backend, jobs, address)  # one line (Ray's install command included) before anything runs
         g = load_grid(grid)
         fams = tuple(resolve_families(family)) if family != "all" else g.families
@@ -75,6 +77,7 @@ def register(app: typer.Typer) -> None:
         grid: str = typer.Option("paper", "--grid", help="which sweep's logs (RUN/logs/<grid>)"),
     ) -> None:
         """Write RUN/report/summary.json, tables.md and figures from the sweep logs and the run's artifacts."""
+        require_run(run)
         from evals.report import write_report  # deferred: torch + pandas, ~1.7 s at CLI start
         from evals.report_tables import tables_markdown  # deferred: torch + pandas, ~1.7 s at CLI start
 

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from interventions.errors import EmsteerError
+from training.run_manifest import require_run
 
 
 def register(app: typer.Typer) -> None:
@@ -28,6 +29,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Fit a ridge map from SRC's to TGT's residual stream on shared text and push SRC's own direction
         (and seeded random SRC-space directions) through it into TGT's space."""
+        require_run(run)
         from training.artifacts import run_profile  # deferred: torch, ~1 s at CLI start
         from training.profiles import resolve_families  # deferred: corpus tables + tomllib, ~10 ms at CLI start
         from training.transfer import check_pairing, check_transfer_inputs, run_transfer  # deferred: torch, ~1 s
