@@ -19,6 +19,7 @@ import torch
 from interventions.errors import EmsteerError
 from interventions.families import family_for_model_type
 from interventions.organism_cache import verify_organism
+from interventions.paths import FETCH_RECORD, fetched_model_dir
 from interventions.presets import Preset, find_preset, preset_names
 from interventions.weights_hash import weights_sha256
 
@@ -144,14 +145,28 @@ def folder_ref(folder: str | Path) -> ModelRef:
     return ModelRef(name=str(folder), kind="path", path=str(path.resolve()), model_id=str(path))
 
 
+def fetched_ref(model: str) -> ModelRef:
+    """The folder `emsteer model fetch MODEL` wrote; one-line error naming that command when it is not there."""
+    folder = fetched_model_dir(model)
+    if not (folder / FETCH_RECORD).is_file():
+        raise EmsteerError(f"model {model!r} is not fetched yet ({folder} has no {FETCH_RECORD}); "
+                           f"run `emsteer model fetch {model}`")
+    return ModelRef(name=model, kind="path", path=str(folder.resolve()), model_id=str(folder))
+
+
 def resolve_model_ref(name: str, profile: str = "default") -> ModelRef:
-    """A preset (`micro-*` = the built organism of `profile`; the others = their hub id), an existing local
-    model folder, or a hub id (owner/name); one-line error listing the choices otherwise."""
+    """A preset (`micro-*` = the built organism of `profile`; fetched ones = their folder under the cache; the others
+    = their hub id), an existing local model folder, or a hub id (owner/name); one-line error otherwise."""
     preset = find_preset(name)
     if preset is not None:
         if preset.micro:
+            assert preset.family is not None  # find_preset requires a family for micro presets
             ref = organism_ref(preset.family, profile)
             ref.name, ref.preset, ref.auto_class = name, preset, preset.auto_class
+            return ref
+        if preset.fetched:
+            ref = fetched_ref(preset.fetched)
+            ref.name, ref.preset, ref.family, ref.auto_class = name, preset, preset.family, preset.auto_class
             return ref
         return ModelRef(name=name, kind="hub", path=str(preset.hub_id), model_id=str(preset.hub_id),
                         family=preset.family, preset=preset, auto_class=preset.auto_class)

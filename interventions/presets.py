@@ -1,7 +1,7 @@
 """Model presets of the `steer` provider, read from `configs/presets.toml`.
 
-`find_preset("micro-qwen-steered")` returns the `Preset` (family, micro organism or hub id, auto class, and
-whether the `-steered` defaults apply), or None when the name is not a preset (the provider then treats it
+`find_preset("micro-qwen-steered")` returns the `Preset` (family, micro organism, fetched model or hub id, auto
+class, and whether the `-steered` defaults apply), or None when the name is not a preset (the provider then treats it
 as a local path or a hub id)."""
 
 from __future__ import annotations
@@ -21,12 +21,14 @@ AUTO_CLASSES: tuple[str, ...] = ("AutoModelForCausalLM", "AutoModelForImageTextT
 
 @dataclass(frozen=True)
 class Preset:
-    """One preset: `micro` presets resolve to a built micro organism, the others to `hub_id`."""
+    """One preset: `micro` presets resolve to a built micro organism, `fetched` ones to the folder `emsteer model
+    fetch` writes (family optional: None = derived from the config), the others to `hub_id`."""
 
     name: str
-    family: str
+    family: str | None
     micro: bool = False
     hub_id: str | None = None
+    fetched: str | None = None
     auto_class: str = "AutoModelForCausalLM"
     steered: bool = False
     steered_defaults: dict[str, Any] = field(default_factory=dict)
@@ -71,15 +73,18 @@ def find_preset(name: str) -> Preset | None:
     if entry is None:
         return None
     family = entry.get("family")
-    if family not in FAMILIES:
+    fetched = entry.get("fetched")
+    if fetched is not None and not isinstance(fetched, str):
+        raise EmsteerError(f"preset {base!r} in {presets_path()}: `fetched` must name a model of configs/models.toml")
+    if family not in FAMILIES and not (fetched and family is None):
         raise EmsteerError(f"preset {base!r} in {presets_path()} has unknown family {family!r}; use one of: "
                            f"{', '.join(FAMILIES)}")
     micro = bool(entry.get("micro", False))
     hub_id = entry.get("hub_id")
-    if not micro and not isinstance(hub_id, str):
-        raise EmsteerError(f"preset {base!r} in {presets_path()} needs `micro = true` or a `hub_id`")
+    if not micro and not fetched and not isinstance(hub_id, str):
+        raise EmsteerError(f"preset {base!r} in {presets_path()} needs `micro = true`, `fetched = NAME` or a `hub_id`")
     auto_class = entry.get("auto_class", "AutoModelForCausalLM")
     if auto_class not in AUTO_CLASSES:
         raise EmsteerError(f"preset {base!r}: unknown auto_class {auto_class!r}; use one of: {', '.join(AUTO_CLASSES)}")
-    return Preset(name=name, family=family, micro=micro, hub_id=hub_id, auto_class=auto_class,
+    return Preset(name=name, family=family, micro=micro, hub_id=hub_id, fetched=fetched, auto_class=auto_class,
                   steered=is_steered, steered_defaults=steered if is_steered else {})

@@ -158,7 +158,7 @@ def _resolve_model(name: str, args: dict[str, Any]) -> ModelRef:
 def _family(args: dict[str, Any], preset: Preset | None, path: str, config: ConfigInfo) -> str | None:
     if "family" in args:
         return args["family"]
-    if preset is not None:
+    if preset is not None and preset.family is not None:
         return preset.family
     info = Path(path) / "organism.json"
     if info.is_file():
@@ -208,7 +208,10 @@ def _adapter(args: dict[str, Any], preset: Preset | None, family: str | None, ru
     if preset is None or not preset.steered:
         return None
     arm = str(preset.steered_defaults.get("adapter_arm", "insecure"))
-    assert family is not None and run is not None
+    if family is None:
+        raise EmsteerError(f"preset {preset.name} belongs to no registered family, so the run's files cannot be "
+                           f"named; pass -M family=NAME")
+    assert run is not None
     folder = adapter_dir(run, family, arm, seed)
     if not (folder / "adapter_config.json").is_file():
         raise EmsteerError(f"preset {preset.name} needs the {arm} adapter {folder} (missing); make it with "
