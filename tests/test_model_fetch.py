@@ -248,12 +248,13 @@ REAL = fetched_model_dir("smollm2")
 @pytest.mark.slow
 @pytest.mark.skipif(not (REAL / FETCH_RECORD).is_file(),
                     reason=f"SmolLM2 is not fetched ({REAL}); run `emsteer model fetch smollm2` (93 MB) to enable")
-def test_real_smollm2_through_the_steer_provider(tmp_path):
+def test_real_smollm2_through_the_steer_provider(tmp_path, monkeypatch):
     from inspect_ai import Task, eval as inspect_eval
     from inspect_ai.dataset import Sample
 
     from interventions.directions import Direction, save_direction
 
+    monkeypatch.setenv("EMSTEER_CACHE", str(REAL.parents[1]))  # the cache it was found in, not the session's
     prov = json.loads((REAL / FETCH_RECORD).read_text())
     assert prov["class"] == "LlamaForCausalLM" and prov["parameters"] == 134_515_008
     width = prov["hidden_size"]

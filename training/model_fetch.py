@@ -189,7 +189,8 @@ def convert_gguf(spec: ModelSpec, gguf: Path, out: Path, log: Log) -> dict[str, 
     tokenizer.save_pretrained(str(out))
     log("reloading the saved folder and comparing its logits with the GGUF model's ...")
     ids = _check_ids(tokenizer)
-    saved = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32, use_safetensors=True).eval()
+    saved = AutoModelForCausalLM.from_pretrained(str(out), dtype=torch.float32, use_safetensors=True)
+    saved.eval()
     with torch.no_grad():
         diff = float((model(ids).logits - saved(ids).logits).abs().max())
     if not diff <= LOGITS_TOLERANCE:
