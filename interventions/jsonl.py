@@ -24,7 +24,7 @@ def read_jsonl_objects(path: str | Path) -> list[tuple[int, dict[str, Any]]]:
                 try:
                     obj = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise EmsteerError(f"{path}: malformed JSONL line {lineno}: {exc.msg}") from None
+                    raise EmsteerError(f"{path}: malformed JSONL line {lineno}: not valid JSON ({exc.msg})") from None
                 if not isinstance(obj, dict):
                     raise EmsteerError(f"{path}: malformed JSONL line {lineno}: expected a JSON object, "
                                        f"got {type(obj).__name__}")

@@ -140,7 +140,7 @@ CASES: list[tuple[str, str, list[str], list[str]]] = [
     ("finetune-blank-data", "emsteer", [*FT, "--run", "{d}/r_ft", "--data", "{d}/blank.jsonl"],
      ["blank.jsonl is empty"]),
     ("finetune-malformed-data", "emsteer", [*FT, "--run", "{d}/r_ft", "--data", "{d}/malformed.jsonl"],
-     ["malformed.jsonl line 2", "not valid JSON"]),
+     ["malformed.jsonl: malformed JSONL line 2", "not valid JSON"]),
     ("finetune-no-assistant-answer", "emsteer", [*FT, "--run", "{d}/r_ft", "--data", "{d}/user_last.jsonl"],
      ["line 1", "last message must be the assistant"]),
     ("finetune-bad-role", "emsteer", [*FT, "--run", "{d}/r_ft", "--data", "{d}/bad_role.jsonl"],

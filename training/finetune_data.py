@@ -24,6 +24,7 @@ from typing import Any, Callable, Sequence
 
 from interventions.directions import sha256_file
 from interventions.errors import EmsteerError
+from interventions.jsonl import read_jsonl_objects
 from interventions.paths import PROFILES, cache_root
 from interventions.run_layout import ARMS
 from training.atomic import ensure_writable_dir, write_json_atomic
@@ -108,19 +109,8 @@ def read_chat_jsonl(path: str | Path) -> list[dict]:
         raise EmsteerError(f"data file {path} does not exist")
     if not path.is_file():
         raise EmsteerError(f"data path {path} is not a file")
-    rows = []
     try:
-        with open(path, encoding="utf-8") as fh:
-            for n, line in enumerate(fh, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as err:
-                    raise EmsteerError(f"{path} line {n}: not valid JSON ({err.msg})") from None
-                rows.append(check_chat_row(obj, f"{path} line {n}"))
-    except UnicodeDecodeError:
-        raise EmsteerError(f"{path} is not UTF-8 text") from None
+        rows = [check_chat_row(obj, f"{path} line {n}") for n, obj in read_jsonl_objects(path)]
     except OSError as err:
         raise EmsteerError(f"cannot read {path}: {err.strerror or err}") from None
     if not rows:
