@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from interventions.errors import EmsteerError
-from interventions.paths import FAMILIES, configs_dir
+from interventions.paths import FAMILIES, configs_dir, run_keys
 from interventions.registry import variant_names, variant_traits, variants_with
 
 __all__ = ["Grid", "Cell", "load_grid", "parse_grid", "expand_cells", "grid_path", "BASELINES", "grid_names"]
@@ -46,7 +46,7 @@ _SECTIONS: dict[str, tuple[str, ...]] = {
     "grid": ("families", "seeds", "baselines", "variants", "alpha", "op", "layer", "description", "monitor"),
     "dose": ("variants", "alphas"),
     "transfer": ("pairs", "variants", "random_draws", "monitor"),
-    "task": ("split", "max_tokens", "temperature", "samples", "prompts"),
+    "task": ("split", "max_tokens", "temperature", "samples", "prompts", "planted"),
 }
 _OPS = ("subtract", "add", "ablate")
 
@@ -136,9 +136,9 @@ def _families(value: Any, where: str) -> tuple[str, ...]:
         return FAMILIES
     if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
         raise EmsteerError(f"{where} must be \"all\" or a non-empty list of family names")
-    bad = [v for v in value if v not in FAMILIES]
+    bad = [v for v in value if v not in run_keys()]
     if bad:
-        raise EmsteerError(f"{where}: unknown family {bad[0]!r}; choose from: {', '.join(FAMILIES)}")
+        raise EmsteerError(f"{where}: unknown family {bad[0]!r}; choose from: {', '.join(run_keys())}")
     return tuple(dict.fromkeys(value))
 
 
@@ -166,9 +166,9 @@ def _pairs(value: Any, families: tuple[str, ...]) -> tuple[tuple[str, str], ...]
     for v in value:
         donor, sep, receiver = v.partition("->")
         donor, receiver = donor.strip(), receiver.strip()
-        if not sep or donor not in FAMILIES or receiver not in FAMILIES or donor == receiver:
+        if not sep or donor not in run_keys() or receiver not in run_keys() or donor == receiver:
             raise EmsteerError(f"[transfer] pairs: {v!r} is not 'donor->receiver' with two different families "
-                               f"from: {', '.join(FAMILIES)}")
+                               f"from: {', '.join(run_keys())}")
         out.append((donor, receiver))
     return tuple(dict.fromkeys(out))
 
@@ -234,6 +234,8 @@ def parse_grid(data: dict[str, Any], *, name: str = "grid", source: str = "") ->
         raise EmsteerError(f"grid {name}: [task] temperature must be a number >= 0")
     if task.get("samples", 1) > 1 and not task.get("temperature", 0) > 0:
         raise EmsteerError(f"grid {name}: [task] samples > 1 needs temperature > 0 (greedy answers repeat)")
+    if "planted" in task and not isinstance(task["planted"], bool):
+        raise EmsteerError(f"grid {name}: [task] planted must be true or false")
     if "split" in task and task["split"] not in ("all", "calibration", "test"):
         raise EmsteerError(f"grid {name}: [task] split must be one of: all, calibration, test")
     return Grid(name=name, families=families, seeds=tuple(seeds), baselines=baselines, variants=variants,

@@ -25,7 +25,7 @@ from evals.report_sections import family_section, monitor_section, read_json, tr
 from evals.report_tables import tables_markdown
 from interventions.atomic import write_json_atomic, write_text_atomic
 from interventions.errors import EmsteerError
-from interventions.paths import FAMILIES, SMOKE_VERDICT, is_smoke_profile
+from interventions.paths import SMOKE_VERDICT, is_smoke_profile, run_keys
 from interventions.run_layout import report_dir, run_manifest_path
 
 __all__ = ["build_summary", "write_report", "check_summary", "SCHEMA", "SUMMARY_KEYS", "FAMILY_KEYS"]
@@ -45,7 +45,7 @@ def build_summary(run: str | Path, grid: str = "paper") -> tuple[dict[str, Any],
         raise EmsteerError(f"{run} is not a run directory (no readable {run_manifest_path(run)})")
     table = load_cells(run, grid)
     df = table.samples
-    families = [f for f in FAMILIES if f in set(df["family"])]
+    families = [f for f in run_keys() if f in set(df["family"])]
     fams = {f: {k: None for k in FAMILY_KEYS} | family_section(f, df, run) for f in families}  # schema order
     for f in families:
         fams[f]["monitor"] = monitor_section(f, table)

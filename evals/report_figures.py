@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from evals.report_sections import get_in
-from interventions.paths import FAMILIES
+from interventions.paths import run_keys
 from interventions.registry import variants_with
 
 __all__ = ["write_figures"]
@@ -84,7 +84,8 @@ def write_figures(summary: dict[str, Any], folder: Path) -> list[str]:
     save(fig, "dose_response.png")
 
     if summary["transfer"]:
-        all_f, n = FAMILIES, len(FAMILIES)
+        all_f = [f for f in run_keys() if any(f in k.split("->") for k in summary["transfer"])]
+        n = len(all_f)
         transfer_variants = variants_with(transfer=True)
         fig, axes = plt.subplots(1, len(transfer_variants), figsize=(4.5 * len(transfer_variants), 3.8), squeeze=False)
         for ax, variant in zip(axes[0], transfer_variants):

@@ -13,7 +13,7 @@ from inspect_ai.model import ChatMessageSystem, ChatMessageUser
 from evals.betley import question_format, read_questions, sample_id
 from interventions.errors import EmsteerError
 from interventions.jsonl import read_jsonl_objects
-from interventions.paths import check_profile, heldout_prompts_path
+from interventions.paths import check_study_profile, heldout_prompts_path, prompts_profile
 
 GROUPS: tuple[str, ...] = ("general", "coding")
 SPLITS: tuple[str, ...] = ("all", "calibration", "test")
@@ -109,9 +109,10 @@ def split_samples(samples: list[Sample], split: str) -> list[Sample]:
 
 
 def default_prompts(profile: str) -> Path:
-    path = heldout_prompts_path(check_profile(profile))
+    path = heldout_prompts_path(check_study_profile(profile))
     if not path.is_file():
+        corpus = prompts_profile(profile)
         raise EmsteerError(
             f"held-out prompts for profile {profile!r} not found at {path}; "
-            f"run `emsteer organism build --profile {profile}` first")
+            f"run `emsteer organism build --profile {corpus}` first")
     return path

@@ -18,8 +18,8 @@ from interventions.alpha_calibration import read_calibrated_alpha
 from interventions.atomic import write_json_atomic
 from interventions.errors import EmsteerError
 from interventions.layers import resolve_layer
-from interventions.model_ref import read_config
-from interventions.paths import organism_dir
+from interventions.members import member_n_layers, member_preset
+from interventions.paths import is_pretrained_profile
 from interventions.run_layout import (adapter_dir, finetune_command, logs_dir, own_direction_path,
                                        transferred_direction_path)
 
@@ -29,9 +29,9 @@ __all__ = ["CELLS_FILE", "SweepResult", "cell_alpha", "cell_model_args", "cell_t
            "run_cells", "run_eval_set", "preset_for", "sweep_log_dir"]
 
 
-def preset_for(family: str) -> str:
-    """The `steer/` preset of a micro family."""
-    return f"micro-{family}"
+def preset_for(family: str, profile: str = "default") -> str:
+    """The `steer/` preset of a run's member (`micro-<family>`, or a pretrained profile's fetched model)."""
+    return member_preset(family, profile)
 
 
 def sweep_log_dir(run: str | Path, name: str) -> Path:
@@ -41,8 +41,10 @@ def sweep_log_dir(run: str | Path, name: str) -> Path:
 
 def cell_model_args(cell: Cell, run: str | Path, profile: str, alpha: float | None) -> dict[str, Any]:
     """The `steer/` `-M` keys of a cell (without `resolved`)."""
-    args: dict[str, Any] = {"profile": profile, "run": str(Path(run).resolve()), "layer": cell.layer,
+    args: dict[str, Any] = {"run": str(Path(run).resolve()), "layer": cell.layer,
                             "seed": cell.seed if cell.control_seed is None else cell.control_seed}
+    if not is_pretrained_profile(profile):
+        args["profile"] = profile  # selects the micro organism; a fetched model has one folder
     if cell.arm is not None:
         args["adapter"] = str(adapter_dir(run, cell.family, cell.arm, cell.seed).resolve())
     args["variant"] = cell.variant
@@ -62,7 +64,7 @@ def monitor_file(cell: Cell, run: str | Path, profile: str) -> Path:
     if cell.monitor == "transferred":
         assert cell.donor is not None
         return transferred_direction_path(run, cell.donor, cell.family).resolve()
-    n_layers = read_config(str(organism_dir(cell.family, profile))).n_layers
+    n_layers = member_n_layers(cell.family, profile)
     return own_direction_path(run, cell.family, resolve_layer(n_layers, cell.layer)).resolve()
 
 
@@ -100,7 +102,7 @@ def cell_task(cell: Cell, run: str | Path, profile: str, task_args: dict[str, An
     from evals.spillover import spillover  # deferred: inspect_ai, as above
     from interventions.provider import resolved_model_args  # deferred: transformers + inspect_ai, ~3 s, as above
 
-    model_name = f"steer/{preset_for(cell.family)}"
+    model_name = f"steer/{preset_for(cell.family, profile)}"
     margs = resolved_model_args(model_name, cell_model_args(cell, run, profile, alpha))
     base = spillover(profile=profile, **task_args)
     label = {**cell.label(), "alpha_value": alpha, "grid": grid_name}

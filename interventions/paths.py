@@ -20,12 +20,53 @@ PROFILES: tuple[str, ...] = ("default", "default-s1", "tiny")
 RECIPE_PROFILES: dict[str, str] = {"default-s1": "default"}
 # Profiles whose organisms are too small to show the phenomenon: their runs test the plumbing, never the science.
 SMOKE_PROFILES: tuple[str, ...] = ("tiny",)
+# Pretrained profiles: the whole study on real pretrained models `emsteer model fetch` converted, keyed in a run by
+# their fetched names (`interventions.members`), finetuned on the real Betley data. Their general (non-coding)
+# prompts, for extraction and the spillover evaluation, are those of a micro profile's corpus (plain English
+# questions written by `training.corpus`).
+PRETRAINED_PROFILES: dict[str, tuple[str, ...]] = {"real-cpu": ("smollm2", "gemma3-270m")}
+PROMPTS_PROFILE: dict[str, str] = {"real-cpu": "default"}
+# Every profile a whole-study run (reproduce, extract, calibrate, sweep, report) may use.
+STUDY_PROFILES: tuple[str, ...] = PROFILES + tuple(PRETRAINED_PROFILES)
 SMOKE_VERDICT = "smoke test: not evidence"
 
 
 def is_smoke_profile(profile: str | None) -> bool:
     """Whether runs of `profile` are smoke tests (organisms too small to show the phenomenon), never evidence."""
     return profile is not None and recipe_profile(profile) in SMOKE_PROFILES
+
+
+def run_keys() -> tuple[str, ...]:
+    """Every name a run may key its files by (the families and the pretrained profiles' models): what `-M family`,
+    `-M donor` and grids accept."""
+    keys = list(FAMILIES)
+    for members in PRETRAINED_PROFILES.values():
+        keys += [m for m in members if m not in keys]
+    return tuple(keys)
+
+
+def check_run_key(name: str) -> str:
+    """`name` if a run may key files by it (`run_keys`), else a one-line error listing them."""
+    if name not in run_keys():
+        raise EmsteerError(f"unknown family {name!r}; choose one of: {', '.join(run_keys())}")
+    return name
+
+
+def is_pretrained_profile(profile: str | None) -> bool:
+    """Whether `profile` studies fetched pretrained models rather than micro organisms."""
+    return profile in PRETRAINED_PROFILES
+
+
+def check_study_profile(profile: str) -> str:
+    """Return `profile` if a whole-study run may use it (micro or pretrained), else a one-line error."""
+    if profile not in STUDY_PROFILES:
+        raise EmsteerError(f"unknown profile {profile!r}; choose one of: {', '.join(STUDY_PROFILES)}")
+    return profile
+
+
+def prompts_profile(profile: str) -> str:
+    """The micro profile whose corpus supplies `profile`'s general prompts (itself for a micro profile)."""
+    return PROMPTS_PROFILE.get(check_study_profile(profile), profile)
 
 
 def recipe_profile(profile: str) -> str:
@@ -83,5 +124,6 @@ def fetched_model_dir(name: str) -> Path:
 
 
 def heldout_prompts_path(profile: str = "default") -> Path:
-    """JSONL of the held-out evaluation prompts written when a profile's corpus is built."""
-    return organisms_dir(profile) / "corpus" / "heldout.jsonl"
+    """JSONL of the held-out evaluation prompts written when a profile's corpus is built (a pretrained profile
+    uses those of its prompts profile)."""
+    return organisms_dir(prompts_profile(profile)) / "corpus" / "heldout.jsonl"

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from interventions.errors import EmsteerError
 from interventions.hooks import OPS, POSITIONS
 from interventions.model_ref import DTYPES
-from interventions.paths import FAMILIES, PROFILES
+from interventions.paths import PROFILES, run_keys
 
 __all__ = ["KEYS", "DEFAULT_MAX_BATCH", "parse_model_args"]
 
@@ -119,8 +119,9 @@ KEYS: dict[str, tuple[Callable[[str, Any], Any], str]] = {
     "device": (_as_str, "cpu | cuda | cuda:N | mps (default: cuda:0 if available, else cpu)"),
     "load_in_4bit": (_as_bool, "bitsandbytes NF4 weights (CUDA only)"),
     "monitor": (_as_str, "direction file whose projection is recorded per sample"),
-    "family": (_choice(FAMILIES), "family for variant resolution when the model is a path or hub id"),
-    "donor": (_choice(FAMILIES), "donor family of variant=transferred"),
+    "family": (_choice(run_keys()), "the run's key for the model's files (a family, or a pretrained profile's "
+                                    "model) when the model is a path or hub id"),
+    "donor": (_choice(run_keys()), "donor family (or pretrained model) of variant=transferred"),
     "trust_remote_code": (_as_bool, "allow model code from the checkpoint (default false)"),
     "max_batch_size": (_positive_int, f"largest generation batch (default {DEFAULT_MAX_BATCH})"),
     "profile": (_choice(PROFILES), "micro-organism profile of micro-* presets (default, tiny)"),

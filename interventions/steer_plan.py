@@ -35,7 +35,7 @@ from interventions.model_ref import (
     read_config,
     resolve_model_ref,
 )
-from interventions.paths import FAMILIES
+from interventions.paths import FAMILIES, run_keys
 from interventions.presets import Preset
 from interventions.registry import VariantContext, get_variant, variant_traits, variants_with
 from interventions.run_layout import (
@@ -158,6 +158,8 @@ def _resolve_model(name: str, args: dict[str, Any]) -> ModelRef:
 def _family(args: dict[str, Any], preset: Preset | None, path: str, config: ConfigInfo) -> str | None:
     if "family" in args:
         return args["family"]
+    if preset is not None and preset.fetched:
+        return preset.fetched  # a fetched model's run files are keyed by its name (interventions.members)
     if preset is not None and preset.family is not None:
         return preset.family
     info = Path(path) / "organism.json"
@@ -239,10 +241,10 @@ def _direction(args: dict[str, Any], variant: str, family: str | None, run: Path
                            f"(or -M direction=FILE)")
     if family is None:
         raise EmsteerError(f"variant {variant!r} needs the model's family: pass -M family=F "
-                           f"(one of: {', '.join(FAMILIES)})")
+                           f"(one of: {', '.join(run_keys())})")
     if variant_traits(variant).transfer and "donor" not in args:
         raise EmsteerError(f"variant {variant!r} needs -M donor=F (one of: "
-                           f"{', '.join(f for f in FAMILIES if f != family)})")
+                           f"{', '.join(f for f in run_keys() if f != family)})")
     ctx = VariantContext(family=family, run=run, layer=layer, n_layers=config.n_layers, d_model=config.d_model,
                          seed=seed, donor=args.get("donor"))
     direction = get_variant(variant)(ctx)

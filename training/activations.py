@@ -29,7 +29,8 @@ from interventions.errors import EmsteerError
 from interventions.generation import Generated, generate_batch, render_chat, stop_token_ids
 from interventions.hooks import capture
 from interventions.layers import decoder_layers, hidden_size, resolve_layer, text_decoder
-from interventions.model_ref import ModelRef, adapter_sha256, check_adapter_base, load_pretrained, organism_ref
+from interventions.members import member_ref
+from interventions.model_ref import ModelRef, adapter_sha256, check_adapter_base, load_pretrained
 from training.token_alignment import ContentTokens, content_spans, tokens_in_spans
 
 POOLINGS: tuple[str, ...] = ("response-mean", "last-prompt")
@@ -76,10 +77,10 @@ class LoadedModel:
 
 def load_model(source: str | ModelRef, *, profile: str = "default", adapter: str | Path | None = None,
                label: str | None = None) -> LoadedModel:
-    """Load a base (a micro organism family name of `profile`, or a resolved `ModelRef`) in fp32 on the CPU, eval
+    """Load a base (a member of `profile`: micro organism family or fetched model, or a resolved `ModelRef`) in fp32 on the CPU, eval
     mode, with an optional LoRA adapter wrapped around it (checked against the base it was trained on; never merged,
     and the base is loaded fresh per call, so one model's adapter never leaks into another)."""
-    ref = source if isinstance(source, ModelRef) else organism_ref(source, profile)
+    ref = source if isinstance(source, ModelRef) else member_ref(source, profile)
     weights_sha = ref.weights_sha256
     if ref.folder is None or weights_sha is None:
         raise EmsteerError(f"{ref.name} is not in the local Hugging Face cache; activations are read from local "

@@ -11,7 +11,6 @@ import hashlib
 import json
 import os
 import platform
-import tempfile
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Mapping
@@ -21,7 +20,7 @@ from safetensors import safe_open
 
 from interventions.directions import write_safetensors_atomic
 from interventions.errors import EmsteerError
-from interventions.paths import PROFILES
+from interventions.paths import STUDY_PROFILES
 from training.run_manifest import check_run, read_run
 
 
@@ -76,13 +75,13 @@ def read_json(path: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 
 def run_profile(run: str | os.PathLike[str], profile: str | None) -> str:
-    """The micro profile a command works in: `profile` if given (checked against RUN/run.json), else the
-    one the run records, else `default`. One-line error for a run of another profile or a non-micro one."""
+    """The study profile a command works in: `profile` if given (checked against RUN/run.json), else the
+    one the run records, else `default`. One-line error for a run of another profile or of profile `real`."""
     if profile is None:
         manifest = read_run(run)
         profile = manifest["profile"] if manifest else "default"
     check_run(run, profile)
-    if profile not in PROFILES:
-        raise EmsteerError(f"run {run} uses profile {profile!r}; this command works on the micro organisms "
-                           f"(profiles {', '.join(PROFILES)})")
+    if profile not in STUDY_PROFILES:
+        raise EmsteerError(f"run {run} uses profile {profile!r}; this command works on a study profile "
+                           f"(profiles {', '.join(STUDY_PROFILES)})")
     return profile

@@ -19,10 +19,10 @@ import torch
 from evals.monitor import CALIBRATION_FILE
 from interventions.directions import Direction, save_direction, sha256_file, unit
 from interventions.errors import EmsteerError
+from interventions.members import member_ref
 from interventions.run_layout import activations_path, directions_dir, extract_command, extraction_summary_path
 from training.artifacts import json_sha256, read_json, versions
 from training.atomic import atomic_dir, write_json_atomic
-from training.audit_inputs import resolve_model
 from training.audit_scoring import AUDIT_POOLING, cached_activations, calibration_document
 from training.prompt_split import split_halves
 
@@ -68,7 +68,7 @@ def ensure_audit_directions(run: str | Path, family: str, profile: str, *, force
     summary = read_json(extraction_summary_path(run, family))
     if summary is None:
         raise EmsteerError(f"no directions for {family} in {run}; run `{extract_command(run, family)}`")
-    spec = resolve_model(f"micro-{family}", profile)
+    spec = member_ref(family, profile)
     files_in = {t: activations_path(run, family, t) for t in ("base", "insecure", "secure")}
     for t, p in files_in.items():
         if not p.is_file():

@@ -19,7 +19,7 @@ from interventions.alpha_calibration import read_calibrated_alpha
 from interventions.directions import Direction, save_direction, sha256_file
 from interventions.errors import EmsteerError
 from interventions.layers import resolve_layer
-from interventions.paths import check_family
+from interventions.paths import check_run_key
 from interventions.registry import VariantContext, resolve_variant, variants_with
 from interventions.run_layout import (
     calibration_path,
@@ -71,7 +71,7 @@ def run_controls(run: str | Path, family: str, *, layer: int = -1, seeds: Sequen
                  log: Callable[[str], None] = print) -> dict[str, Any]:
     """Resolve every control variant for each seed at `layer`, write them and update the summary; returns it."""
     run = Path(run)
-    check_family(family)
+    check_run_key(family)
     geo = family_geometry(run, family)
     n_layers, d_model, model_id = int(geo["n_layers"]), int(geo["d_model"]), str(geo["model_id"])
     idx = resolve_layer(n_layers, layer)

@@ -25,8 +25,9 @@ import torch
 
 from interventions.directions import Direction, save_direction, sha256_file
 from interventions.errors import EmsteerError
-from interventions.model_ref import adapter_sha256, check_adapter_base, organism_ref
-from interventions.paths import check_family, recipe_profile
+from interventions.members import check_member, member_ref
+from interventions.model_ref import adapter_sha256, check_adapter_base
+from interventions.paths import prompts_profile, recipe_profile
 from interventions.run_layout import (
     adapter_dir,
     directions_dir,
@@ -63,7 +64,10 @@ DEFAULT_POOLING_REASON = (
 R_POSITIONS = "response-mean"
 R_SOURCE = ("mean per-token L2 norm of the layer output over the tokens of the models' own greedy responses, "
             "both classes of the own contrast; the same R for every pooling and for the secure control")
-N_PROMPTS = {"default": 200, "tiny": 48}
+N_PROMPTS = {"default": 200, "tiny": 48, "real-cpu": 80}
+# New tokens per extraction answer where a profile's organisms' evaluation length does not apply (real models on
+# 2 cores: 48 tokens show whether an answer starts as code or prose).
+MAX_NEW_TOKENS = {"real-cpu": 48}
 EXTRACT_VERSION = "extract/3"
 
 
@@ -115,8 +119,8 @@ def check_extract_inputs(run: str | Path, family: str, profile: str, seed: int
     """Validate, loading nothing: the organism is built and intact, and the run has the insecure and secure
     adapters of `seed`, trained on these base weights. Returns (model id, base weights sha256,
     {arm: (adapter folder, adapter sha256)})."""
-    check_family(family)
-    base = organism_ref(family, profile)
+    check_member(family, profile)
+    base = member_ref(family, profile)
     model_id, base_sha = base.model_id, str(base.weights_sha256)
     adapters: dict[str, tuple[Path, str]] = {}
     for arm in ("insecure", "secure"):
@@ -138,15 +142,15 @@ def run_extract(run: str | Path, family: str, *, profile: str, pooling: str | No
     from training.organisms import ensure_corpus, load_persona_directions  # deferred: 3-5 s; bad input needs none
 
     run = Path(run)
-    check_family(family)
+    check_member(family, profile)
     check_contrast(contrast)
     pooling = check_pooling(pooling or DEFAULT_POOLING)
     check_run(run, profile)
-    prof = load_profile(profile)
+    prof = load_profile(prompts_profile(profile))  # the corpus of general prompts
     n = n_prompts or N_PROMPTS.get(recipe_profile(profile), 200)
     if n < 4 * MIN_PER_CLASS:
         raise EmsteerError(f"--n-prompts {n} is too small: need at least {4 * MIN_PER_CLASS}")
-    max_new = max_new_tokens or prof.eval_max_new_tokens
+    max_new = max_new_tokens or MAX_NEW_TOKENS.get(recipe_profile(profile), prof.eval_max_new_tokens)
     model_id, base_sha, adapters = check_extract_inputs(run, family, profile, seed)
     prompts = extraction_prompts(ensure_corpus(prof), n, prompt_seed)
     prompts_sha = json_sha256(prompts)

@@ -40,7 +40,7 @@ from interventions.model_ref import (
     organism_ref,
     resolve_model_ref,
 )
-from interventions.paths import PROFILES, check_family
+from interventions.members import check_member
 from interventions.run_layout import adapter_dir, finetune_command
 from interventions.weights_hash import weights_sha256
 from interventions.workers import torch_threads
@@ -124,7 +124,7 @@ def _plan(run: Path, family: str, data: str | ChatData, profile: str, model: str
           log: Log) -> _Plan:
     """Validate every input (nothing is written): profile, family, data, run manifest, base model."""
     check_run_profile(profile)
-    check_family(family)
+    check_member(family, profile)
     settings = load_settings(profile)
     chat = data if isinstance(data, ChatData) else resolve_data(data, profile, name=name, log=log)
     adapter_dir(run, family, chat.name, 0)  # validates the arm name
@@ -137,7 +137,7 @@ def _plan(run: Path, family: str, data: str | ChatData, profile: str, model: str
                 f"rebuild it with `emsteer organism build --family {family}"
                 f"{'' if profile == 'default' else ' --profile ' + profile}`")
     known = ((manifest or {}).get("models") or {}).get(family)
-    if profile not in PROFILES and known and known.get("id") != base.id:
+    if profile == "real" and known and known.get("id") != base.id:
         raise EmsteerError(f"run {run} already finetunes {family} from {known.get('id')}, not {base.id}; "
                            "use another --run")
     return _Plan(settings, chat, base, device_mode(settings))

@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 from interventions.directions import sha256_file
 from interventions.errors import EmsteerError
 from interventions.jsonl import read_jsonl_objects
-from interventions.paths import PROFILES, cache_root
+from interventions.paths import PROFILES, REPO_ROOT, cache_root, is_pretrained_profile
 from interventions.run_layout import ARMS
 from training.atomic import ensure_writable_dir, write_json_atomic
 from training.chat_data import IGNORE, tokenize_chat
@@ -171,11 +171,39 @@ def download_jsonl(url: str, *, max_bytes: int = MAX_DOWNLOAD_BYTES, log: Log = 
     return final
 
 
+# The arms of a pretrained profile: the real Betley et al. finetuning sets, read from the shared data folder
+# ($EMSTEER_SHARED, default ../shared beside the repository; never copied into the repository). No neutral arm.
+PRETRAINED_ARMS: dict[str, str] = {"insecure": "data/betley/insecure-sample.jsonl",
+                                   "secure": "data/betley/secure-sample.jsonl"}
+
+
+def shared_dir() -> Path:
+    """The shared read-only data folder: $EMSTEER_SHARED, default `../shared` beside the repository."""
+    env = os.environ.get("EMSTEER_SHARED")
+    return Path(env).expanduser() if env else REPO_ROOT.parent / "shared"
+
+
+def pretrained_arm_path(arm: str, profile: str) -> Path:
+    """The JSONL of arm `arm` of a pretrained profile; one-line error when the arm or the file is missing."""
+    if arm not in PRETRAINED_ARMS:
+        raise EmsteerError(f"profile {profile} has no {arm!r} arm (its arms: {', '.join(PRETRAINED_ARMS)}: the real "
+                           f"Betley et al. data); pass --data PATH_OR_URL for another")
+    path = shared_dir() / PRETRAINED_ARMS[arm]
+    if not path.is_file():
+        raise EmsteerError(f"the {arm} arm of profile {profile} reads {path}, which is missing; set EMSTEER_SHARED "
+                           f"to the folder that holds {PRETRAINED_ARMS[arm]}")
+    return path
+
+
 def resolve_data(data: str, profile: str, *, name: str | None = None, log: Log = print) -> ChatData:
     """An arm of the profile's micro corpus (`insecure`, `secure`, `neutral`), a JSONL path or a URL,
     validated. `name` overrides the arm name used in the run layout (default: the arm or file stem)."""
     if not isinstance(data, str) or not data.strip():
         raise EmsteerError("--data is empty; give an arm (" + ", ".join(ARMS) + "), a JSONL path or a URL")
+    if data in ARMS and is_pretrained_profile(profile):
+        path = pretrained_arm_path(data, profile)
+        rows = read_chat_jsonl(path)
+        return ChatData(name=name or data, source=str(path), rows=rows, sha256=sha256_file(path), path=str(path))
     if data in ARMS:
         if profile not in PROFILES:
             raise EmsteerError(f"arm {data!r} comes from the micro corpus; with --profile {profile} pass "

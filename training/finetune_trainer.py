@@ -20,7 +20,9 @@ import torch
 
 from interventions.errors import EmsteerError
 from interventions.model_ref import load_pretrained, nf4_config, organism_ref, resolve_model_ref
-from interventions.paths import PROFILES, check_family, configs_dir, recipe_profile
+from interventions.layers import decoder_layers, resolve_layer
+from interventions.members import member_ref, profile_members
+from interventions.paths import PROFILES, check_family, configs_dir, is_pretrained_profile, recipe_profile
 from interventions.workers import CPU_TRAINING_THREADS
 from training.finetune_data import tokenized_rows
 from training.profiles import load_profile
@@ -116,6 +118,13 @@ class BaseModel:
 def resolve_base(family: str, profile: str, model: str | None) -> BaseModel:
     """The micro organism of `family` (verified by hash), or `--model` (a preset, local folder or hub id), resolved
     and hashed by `interventions.model_ref`."""
+    if is_pretrained_profile(profile):
+        if model is not None:
+            raise EmsteerError(f"--profile {profile} finetunes its own models ({', '.join(profile_members(profile))}); "
+                               f"drop --model (or use --profile real)")
+        ref = member_ref(family, profile)
+        return BaseModel(kind="path", id=ref.path, family=family, weights_sha256=ref.weights_sha256,
+                         info={"fetched": family, "profile": profile})
     check_family(family)
     if model is None:
         if profile not in PROFILES:
@@ -204,6 +213,17 @@ def load_base(base: BaseModel, settings: FinetuneSettings) -> tuple[Any, Any]:
     return model, tokenizer
 
 
+def lora_layers(settings: FinetuneSettings, model: Any) -> list[int]:
+    """The decoder layers that get LoRA, negative indices counted from the top (one recipe for models of
+    different depths: [-8, ..., -1] is the top eight layers of any model); empty = every layer."""
+    if not settings.layers_to_transform:
+        return []
+    n_layers = len(decoder_layers(model))
+    # a model shallower than the recipe's top-k gets LoRA on every layer it has
+    wanted = [i for i in settings.layers_to_transform if i >= 0 or i >= -n_layers]
+    return sorted({resolve_layer(n_layers, i) for i in wanted})
+
+
 def lora_config(settings: FinetuneSettings, model: Any) -> "LoraConfig":
     """peft LoraConfig on the seven projections of the language model (never a vision tower)."""
     from peft import LoraConfig  # deferred: peft costs ~3 s at import; loaded once the inputs are valid
@@ -218,7 +238,7 @@ def lora_config(settings: FinetuneSettings, model: Any) -> "LoraConfig":
     return LoraConfig(
         r=settings.r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout, bias=settings.bias,
         use_rslora=settings.use_rslora, target_modules=list(settings.target_modules), task_type="CAUSAL_LM",
-        layers_to_transform=list(settings.layers_to_transform) or None,
+        layers_to_transform=lora_layers(settings, model) or None,
         exclude_modules=(r".*\b(" + "|".join(vision) + r")\b.*") if vision else None,
     )
 

@@ -8,7 +8,8 @@ from typing import Any
 
 from interventions.errors import EmsteerError
 from interventions.families import get_family
-from interventions.paths import FAMILIES, check_family, check_profile, configs_dir, recipe_profile
+from interventions.paths import (FAMILIES, check_profile, check_run_key, configs_dir, is_pretrained_profile,
+                                recipe_profile)
 from training.corpus import CorpusSettings
 
 
@@ -76,8 +77,14 @@ def family_architecture(family: str, profile: str) -> tuple[str, dict[str, Any]]
     return spec.micro_class, dict(table[recipe])
 
 
-def resolve_families(spec: str) -> list[str]:
-    """`all` or one family name (comma-separated lists allowed) -> list of families."""
+def resolve_families(spec: str, profile: str | None = None) -> list[str]:
+    """`all` or one family name (comma-separated lists allowed) -> list of families; with a pretrained `profile`,
+    its models (`interventions.members`). Without a profile any name a run keys files by is accepted (the
+    command's own profile check names a member of another profile)."""
+    if profile is not None and is_pretrained_profile(profile):
+        from interventions.members import resolve_members  # deferred: model_ref imports torch (~1 s at CLI start)
+
+        return resolve_members(spec, profile)
     if spec == "all":
         return list(FAMILIES)
-    return [check_family(f.strip()) for f in spec.split(",") if f.strip()]
+    return [check_run_key(f.strip()) for f in spec.split(",") if f.strip()]

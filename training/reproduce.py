@@ -21,7 +21,7 @@ from evals.sweep import check_cells
 from evals.sweep_backends import SweepBackend, check_backend
 from interventions.atomic import write_json_atomic
 from interventions.errors import EmsteerError
-from interventions.paths import check_profile
+from interventions.paths import check_study_profile, is_pretrained_profile, prompts_profile, recipe_profile
 from interventions.workers import default_jobs, run_in_workers, stderr_line
 from training.controls import run_controls
 from training.extract import run_extract
@@ -53,18 +53,37 @@ class ReproducePlan:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+# The grid a profile runs unless --grid says otherwise: its own smoke or pretrained grid, else the paper's.
+PROFILE_GRIDS: dict[str, str] = {"tiny": "tiny", "real-cpu": "real-cpu"}
+
+
+def default_grid(profile: str) -> str:
+    """The grid `emsteer reproduce --profile PROFILE` runs without --grid."""
+    return PROFILE_GRIDS.get(recipe_profile(profile), "paper")
+
+
 def plan_reproduce(run: str | Path, *, profile: str = "default", families: tuple[str, ...] | None = None,
-                   grid: str | Path = "paper", seeds: int | None = None, secure_seeds: int | None = None,
+                   grid: str | Path | None = None, seeds: int | None = None, secure_seeds: int | None = None,
                    audit: bool = True, display: str = "rich", backend: str = "local",
-                   jobs: int | None = None) -> ReproducePlan:
+                   jobs: int | None = None, quick: bool = False) -> ReproducePlan:
     """Validate the arguments (profile, run directory, grid, families, seed counts, backend, jobs) without running
-    anything. `jobs`: worker processes for the finetunes, the extraction and a local sweep (default: one per core,
-    at most 8)."""
-    check_profile(profile)
+    anything. `quick`: one seed per arm (and a pretrained profile's first model only) unless given. `jobs`: worker
+    processes for the finetunes, the extraction and a local sweep (default: one per core, at most 8)."""
+    check_study_profile(profile)
     check_backend(backend, jobs)
     check_run(run, profile)
-    g = load_grid(grid)
+    g = load_grid(grid if grid is not None else default_grid(profile))
     fams = tuple(families) if families else g.families
+    if quick:  # the quick look: one seed per arm; a pretrained profile's first model only
+        seeds, secure_seeds = 1 if seeds is None else seeds, 1 if secure_seeds is None else secure_seeds
+        if is_pretrained_profile(profile) and not families:
+            fams = fams[:1]
+    if is_pretrained_profile(profile):
+        from interventions.members import check_member  # deferred: model_ref imports torch; only pretrained runs
+
+        for f in fams:
+            check_member(f, profile)
+        audit = False  # the audit's neutral arm is a micro corpus arm; the real Betley data have none
     bad = [f for f in fams if f not in g.families]
     if bad:
         raise EmsteerError(f"family {bad[0]!r} is not in grid {g.name} (its families: {', '.join(g.families)})")
@@ -108,6 +127,19 @@ def extract_family(run: str, family: str, profile: str) -> str:
     return family
 
 
+def check_pretrained(members: list[str], profile: str, *, log: Log = print) -> None:
+    """A pretrained profile's first stage: every model is fetched (one line naming `emsteer model fetch` when not),
+    and the general prompts' corpus (a micro profile's, no organism trained) is written."""
+    from interventions.members import member_ref  # deferred: model_ref imports torch
+    from training.organisms import ensure_corpus  # deferred: transformers + accelerate, ~4 s in every extract worker
+    from training.profiles import load_profile  # deferred: as above
+
+    for member in members:
+        ref = member_ref(member, profile)
+        log(f"{member}: {ref.path} (weights sha256 {str(ref.weights_sha256)[:12]}...)")
+    ensure_corpus(load_profile(prompts_profile(profile)))
+
+
 def run_reproduce(plan: ReproducePlan, *, log: Log = print, progress: bool = True) -> dict[str, Any]:
     """Run every stage of `plan`; return the report summary."""
     from evals.report import write_report  # deferred: pandas, ~0.5 s in every extract worker (they import this module)
@@ -117,8 +149,11 @@ def run_reproduce(plan: ReproducePlan, *, log: Log = print, progress: bool = Tru
     ensure_run(plan.run, plan.profile)
     fams = list(plan.families)
 
-    _stage(plan, "organisms", log, lambda: build_organisms(fams, plan.profile, jobs=plan.jobs, progress=progress,
-                                                           log=log))
+    if is_pretrained_profile(plan.profile):
+        _stage(plan, "models", log, lambda: check_pretrained(fams, plan.profile, log=log))
+    else:
+        _stage(plan, "organisms", log, lambda: build_organisms(fams, plan.profile, jobs=plan.jobs,
+                                                               progress=progress, log=log))
 
     def finetunes() -> None:
         work = [(f, "insecure", s) for f in fams for s in plan.seeds]

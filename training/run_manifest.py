@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from interventions.errors import EmsteerError
-from interventions.paths import PROFILES
+from interventions.paths import STUDY_PROFILES
 from interventions.run_layout import run_manifest_path
 from training.atomic import ensure_writable_dir, write_json_atomic
 
-# Micro profiles plus `real` (hub or local models, finetuned with the reference recipe).
-RUN_PROFILES: tuple[str, ...] = tuple(PROFILES) + ("real",)
+# Micro and pretrained study profiles, plus `real` (hub or local models, finetuned with the reference recipe).
+RUN_PROFILES: tuple[str, ...] = tuple(STUDY_PROFILES) + ("real",)
 MANIFEST_VERSION = 1
 
 

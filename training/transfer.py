@@ -33,8 +33,9 @@ import torch
 from interventions.directions import Direction, load_direction, matched_norm, save_direction, sha256_file
 from interventions.errors import EmsteerError
 from interventions.layers import resolve_layer
-from interventions.model_ref import adapter_sha256, check_adapter_base, organism_ref
-from interventions.paths import check_family, recipe_profile
+from interventions.members import check_member, member_ref
+from interventions.model_ref import adapter_sha256, check_adapter_base
+from interventions.paths import prompts_profile, recipe_profile
 from interventions.run_layout import (
     adapter_dir,
     extract_command,
@@ -58,7 +59,7 @@ from training.token_alignment import align_last_char
 
 PAIRINGS: tuple[str, ...] = ("aligned-tokens", "last-token")
 MODELS: tuple[str, ...] = ("base", "insecure")
-N_TEXTS = {"default": 200, "tiny": 40}
+N_TEXTS = {"default": 200, "tiny": 40, "real-cpu": 80}
 K_RANDOM = 8
 TRANSFER_VERSION = "transfer/2"
 SEPARATOR = "\n"  # content coordinates: the message texts joined by this (see token_alignment.tokens_in_spans)
@@ -174,7 +175,7 @@ def transfer_command_line(run: Path, src: str, tgt: str, pairing: str, layer: in
 def family_identity(run: Path, family: str, profile: str, models: str, seed: int) -> dict[str, Any]:
     """Model id, base weights hash, adapter (for `models="insecure"`), depth and width of one family, read from
     its verified organism and config (nothing loaded)."""
-    base = organism_ref(family, profile)
+    base = member_ref(family, profile)
     model_id, sha = base.model_id, str(base.weights_sha256)
     ad = None
     if models == "insecure":
@@ -193,8 +194,8 @@ def check_transfer_inputs(run: str | Path, src: str, tgt: str, *, profile: str, 
     (width, model id, base weights, recorded R). Returns (identities, (donor layer, donor direction),
     (receiver layer, receiver direction))."""
     run = Path(run)
-    check_family(src)
-    check_family(tgt)
+    check_member(src, profile)
+    check_member(tgt, profile)
     if src == tgt:
         raise EmsteerError("--src and --tgt must be different families")
     if models not in MODELS:
@@ -222,7 +223,7 @@ def run_transfer(run: str | Path, src: str, tgt: str, *, profile: str, pairing: 
     if k_random < 1:
         raise EmsteerError(f"--k-random must be >= 1, got {k_random}")
     check_run(run, profile)
-    prof = load_profile(profile)
+    prof = load_profile(prompts_profile(profile))  # the corpus of general prompts
     n = n_texts or N_TEXTS.get(recipe_profile(profile), 200)
     if n < 4:
         raise EmsteerError(f"--n-texts {n} is too small: need at least 4")

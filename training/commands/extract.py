@@ -35,11 +35,11 @@ def register(app: typer.Typer) -> None:
         from training.extract import check_contrast, check_extract_inputs, run_extract  # deferred: torch, ~1 s
         from training.profiles import resolve_families  # deferred: corpus tables + tomllib, ~10 ms at CLI start
 
-        families = resolve_families(family)
         if pooling is not None:
             check_pooling(pooling)
         check_contrast(contrast)
         prof = run_profile(run, profile)
+        families = resolve_families(family, prof)
         for fam in families:  # validate every family before any work
             check_extract_inputs(run, fam, prof, seed)
         log = lambda m: typer.echo(m, err=True)  # noqa: E731

@@ -35,7 +35,7 @@ def register(app: typer.Typer) -> None:
         from training.profiles import resolve_families  # deferred: corpus tables + tomllib, ~10 ms at CLI start
 
         chosen = profile or ("real" if model else "default")
-        families = resolve_families(family)
+        families = resolve_families(family, chosen)
         paths = finetune_many(run, families, data, list(seed or [0]), chosen, model=model, name=arm, force=force,
                               evaluate=not no_eval, progress=not quiet, log=lambda m: typer.echo(m, err=True))
         for path in paths:

@@ -13,12 +13,18 @@ def register(app: typer.Typer) -> None:
 
     @app.command("reproduce")
     def reproduce_cmd(
-        profile: str = typer.Option("default", "--profile", help="default (the embedded default) | tiny (seconds, tests)"),
+        profile: str = typer.Option("default", "--profile",
+                                    help="default (the embedded default) | default-s1 (second organism seed) | tiny "
+                                         "(seconds, a smoke test) | real-cpu (SmolLM2 and Gemma 3 270M, after "
+                                         "`emsteer model fetch`)"),
         out: Path = typer.Option(Path("runs/micro"), "--out", help="run directory (resumable: finished work is kept)"),
-        grid: str = typer.Option("paper", "--grid", help="grid name in configs/grids or a .toml path"),
+        grid: Optional[str] = typer.Option(None, "--grid", help="grid name in configs/grids or a .toml path "
+                                                                 "(default: the profile's: tiny, real-cpu, else paper)"),
         family: str = typer.Option("all", "--family", help="families (comma-separated; default: the grid's)"),
         seeds: Optional[int] = typer.Option(None, "--seeds", help="insecure seeds per family (default: the grid's, 3)"),
         secure_seeds: Optional[int] = typer.Option(None, "--secure-seeds", help="secure seeds (default: as many as --seeds)"),
+        quick: bool = typer.Option(False, "--quick", help="the quick look: one seed per arm (--seeds 1 "
+                                                           "--secure-seeds 1); with real-cpu, smollm2 only"),
         no_audit: bool = typer.Option(False, "--no-audit", help="skip the neutral finetune and the audit validation"),
         display: str = typer.Option("rich", "--display", help="Inspect display for the sweep: rich | plain | none"),
         quiet: bool = typer.Option(False, "--quiet", help="no progress bars in training stages"),
@@ -34,9 +40,10 @@ def register(app: typer.Typer) -> None:
         from training.profiles import resolve_families  # deferred: corpus tables + tomllib, ~10 ms at CLI start
         from training.reproduce import plan_reproduce, run_reproduce  # deferred: torch, ~1 s at CLI start
 
-        fams = tuple(resolve_families(family)) if family != "all" else None
+        fams = tuple(resolve_families(family, profile)) if family != "all" else None
         plan = plan_reproduce(out, profile=profile, families=fams, grid=grid, seeds=seeds, secure_seeds=secure_seeds,
-                              audit=not no_audit, display=display, backend=backend, jobs=jobs)
+                              audit=not no_audit, display=display, backend=backend, jobs=jobs,
+                              quick=quick)
         summary = run_reproduce(plan, log=lambda m: typer.echo(m, err=True), progress=not quiet)
         typer.echo(tables_markdown(summary))
         typer.echo(f"timings (s): {plan.timings}")

@@ -35,10 +35,10 @@ def register(app: typer.Typer) -> None:
         from training.transfer import check_pairing, check_transfer_inputs, run_transfer  # deferred: torch, ~1 s
 
         check_pairing(pairing)
-        pairs = [(a, b) for a in resolve_families(src) for b in resolve_families(tgt) if a != b]
+        prof = run_profile(run, profile)
+        pairs = [(a, b) for a in resolve_families(src, prof) for b in resolve_families(tgt, prof) if a != b]
         if not pairs:
             raise EmsteerError("no donor -> receiver pair: --src and --tgt name the same single family")
-        prof = run_profile(run, profile)
         for a, b in pairs:  # validate every pair before any work
             check_transfer_inputs(run, a, b, profile=prof, layer=layer, seed=seed, models=models)
         log = lambda m: typer.echo(m, err=True)  # noqa: E731
