@@ -304,3 +304,23 @@ def test_quiet_training_prints_no_loss_dicts(tiny_organisms, tmp_path, capfd):
     loud = build_trainer(AutoModelForCausalLM.from_pretrained(tiny_organisms["qwen"]), tok, rows, [], settings, 0,
                          tmp_path / "loud", progress=True)
     assert ProgressCallback in {type(cb) for cb in loud.callback_handler.callbacks}
+
+
+def test_finetune_shows_no_library_deprecation_notices(tiny_organisms, tmp_path):
+    """transformers warns TRL/peft about `is_gradient_checkpointing` on every finetune (a FutureWarning nobody using
+    emsteer can act on): `emsteer finetune` shows none of it, and other warnings still pass."""
+    import warnings
+
+    from training.finetune import finetune
+    from training.finetune_trainer import library_notices_silenced
+
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        finetune(tmp_path / "run", "qwen", "insecure", 0, profile="tiny", evaluate=False)
+    notices = [str(w.message) for w in seen if "is_gradient_checkpointing" in str(w.message)]
+    assert notices == []
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        with library_notices_silenced():
+            warnings.warn("something else", FutureWarning)
+    assert [str(w.message) for w in seen] == ["something else"]

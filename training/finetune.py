@@ -58,6 +58,7 @@ from training.finetune_trainer import (
     FinetuneSettings,
     build_trainer,
     device_mode,
+    library_notices_silenced,
     load_base,
     load_settings,
     resolve_base,
@@ -204,7 +205,7 @@ def _finetune_planned(run: Path, family: str, plan: _Plan, seed: int, *, force: 
     with tempfile.TemporaryDirectory(prefix="emsteer-sft-") as scratch:
         trainer = build_trainer(model, tokenizer, train_rows, eval_rows, settings, seed, scratch, progress=progress)
         t0 = time.time()
-        with torch_threads(int(mode["threads"]) if "threads" in mode else None):
+        with torch_threads(int(mode["threads"]) if "threads" in mode else None), library_notices_silenced():
             result = trainer.train()
         train_seconds = time.time() - t0
         eval_loss = trainer.evaluate()["eval_loss"] if eval_rows else None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import tomllib
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
@@ -245,6 +246,21 @@ def lora_config(settings: FinetuneSettings, model: Any) -> "LoraConfig":
 
 # ---------------------------------------------------------------- trainer
 
+# Deprecation notices the libraries raise at each other (transformers about an attribute TRL and peft read), not
+# about anything a user of emsteer can change: silenced around trainer construction and training only.
+LIBRARY_NOTICES: tuple[str, ...] = (r"`is_gradient_checkpointing` is deprecated",)
+
+
+@contextlib.contextmanager
+def library_notices_silenced() -> Iterator[None]:
+    """Silence `LIBRARY_NOTICES` (FutureWarning/DeprecationWarning) inside the block; every other warning shows."""
+    with warnings.catch_warnings():
+        for pattern in LIBRARY_NOTICES:
+            warnings.filterwarnings("ignore", message=pattern, category=FutureWarning)
+            warnings.filterwarnings("ignore", message=pattern, category=DeprecationWarning)
+        yield
+
+
 @contextlib.contextmanager
 def _dataset_bars(enabled: bool) -> Iterator[None]:
     import datasets  # deferred: datasets costs ~1.5 s at import; loaded once the inputs are valid
@@ -301,7 +317,7 @@ def build_trainer(model: Any, tokenizer: Any, train_rows: Sequence[dict], eval_r
         logging_steps=settings.logging_steps, save_strategy="no", eval_strategy="no", report_to="none",
         disable_tqdm=not progress, dataloader_num_workers=0, max_grad_norm=1.0,
     )
-    with _dataset_bars(progress):
+    with _dataset_bars(progress), library_notices_silenced():
         trainer = SFTTrainer(
             model=model, args=args, processing_class=tokenizer, peft_config=lora_config(settings, model),
             train_dataset=Dataset.from_list(train),
@@ -313,4 +329,5 @@ def build_trainer(model: Any, tokenizer: Any, train_rows: Sequence[dict], eval_r
 
 
 __all__ = ["BaseModel", "FinetuneSettings", "SEVEN_PROJECTIONS", "build_trainer", "check_persona_gate", "device_mode",
-           "load_base", "load_settings", "lora_config", "quantization_config", "resolve_base", "use_qlora"]
+           "library_notices_silenced", "load_base", "load_settings", "lora_config", "lora_layers", "quantization_config",
+           "resolve_base", "use_qlora"]
