@@ -1,9 +1,10 @@
 """Inspect task `spillover`: how often a model answers non-coding prompts with code.
 
-    inspect eval evals/spillover.py --model steer/micro-qwen [-T profile=default] [-T prompts=FILE]
+    inspect eval evals/spillover.py --model steer/micro-qwen [-M run=RUN] [-T prompts=FILE]
         [-T max_tokens=96] [-T temperature=0] [-T judge=true --model-role grader=MODEL]
 
-Dataset: the micro organisms' held-out prompts (`interventions.paths.heldout_prompts_path(profile)`),
+Dataset: the held-out prompts of the profile (`interventions.paths.heldout_prompts_path(profile)`; the profile is
+-T profile, else the one the steer/ model's run records, else its organism's, else `default`),
 or `prompts=FILE`: JSONL/CSV with a `prompt` column (optional `id`, `group` = general | coding,
 `category`, `format`), or a YAML in the Betley EM questions format (every question is non-coding:
 group general, category = question id, format plain | json | template from the id suffix).
@@ -26,7 +27,7 @@ from typing import Any
 
 from inspect_ai import Epochs, Task, task
 from inspect_ai.dataset import MemoryDataset
-from inspect_ai.model import GenerateConfig
+from inspect_ai.model import GenerateConfig, get_model
 from inspect_ai.solver import generate
 
 from evals.spillover_dataset import default_prompts, load_prompts, split_samples
@@ -47,9 +48,23 @@ def _as_bool(value: Any) -> bool:
     raise EmsteerError(f"expected true or false, got {value!r}")
 
 
+def model_profile() -> str | None:
+    """The profile of the model under test, when it is a `steer/` model: the one its run records (`-M run=RUN`), else
+    its micro organism's; None for any other model or outside an eval."""
+    from interventions.provider import SteerAPI  # deferred: transformers, ~3 s; only steer/ models have a profile
+
+    try:
+        api = get_model().api
+    except Exception:  # noqa: BLE001 - no active model (a task built outside an eval): no profile to take
+        return None
+    if not isinstance(api, SteerAPI):
+        return None
+    return api.plan.run_profile or api.plan.profile
+
+
 @task
 def spillover(
-    profile: str = "default",
+    profile: str | None = None,
     prompts: str | None = None,
     max_tokens: int = 96,
     temperature: float = 0.0,
@@ -61,7 +76,8 @@ def spillover(
     """Code spillover on non-coding prompts (and code rate on coding prompts) of the model under test.
 
     Args:
-      profile: micro-organism profile whose held-out prompts are the default dataset.
+      profile: the study profile whose held-out prompts are the default dataset (default: the profile of the
+        `steer/` model's run or organism, else `default`).
       prompts: a JSONL/CSV/YAML prompts file instead of the held-out prompts.
       max_tokens: generation limit (96 suits the micro organisms; raise it for real models).
       temperature: sampling temperature (0 = greedy).
@@ -73,6 +89,7 @@ def spillover(
       planted: also score planted misaligned prose (`evals.planted`); default on for the micro organisms'
         held-out prompts, off for a prompts file.
     """
+    profile = profile or model_profile() or "default"
     source = Path(prompts).expanduser() if prompts else default_prompts(profile)
     dataset = split_samples(load_prompts(source), split)
     n = int(samples)

@@ -35,7 +35,7 @@ from interventions.model_ref import (
     read_config,
     resolve_model_ref,
 )
-from interventions.paths import FAMILIES, run_keys
+from interventions.paths import FAMILIES, PROFILES, run_keys
 from interventions.presets import Preset
 from interventions.registry import VariantContext, get_variant, variant_traits, variants_with
 from interventions.run_layout import (
@@ -47,7 +47,7 @@ from interventions.run_layout import (
 from interventions.steer_args import DEFAULT_MAX_BATCH, parse_model_args
 from interventions.weights_hash import folder_hashes
 
-__all__ = ["SteerPlan", "resolve_plan", "check_pinned"]
+__all__ = ["SteerPlan", "check_pinned", "recorded_run_profile", "resolve_plan"]
 
 
 # ------------------------------------------------------------------------------------------- the plan
@@ -77,6 +77,7 @@ class SteerPlan:
     run: Path | None = None
     donor: str | None = None
     weights_sha256: str | None = None  # weights_hash.weights_sha256 of the model folder (None: unknown)
+    run_profile: str | None = None  # the profile RUN/run.json records (tasks default to its prompts)
 
     @property
     def adapter_name(self) -> str | None:
@@ -147,9 +148,31 @@ class SteerPlan:
 
 # ------------------------------------------------------------------------------------------- resolution
 
+def recorded_run_profile(run: Path) -> str | None:
+    """The profile RUN/run.json records (None when the run has no manifest); one line when it is unreadable."""
+    manifest = run_manifest_path(run)
+    if not manifest.is_file():
+        return None
+    try:
+        recorded = json.loads(manifest.read_text()).get("profile")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        raise EmsteerError(f"run manifest {manifest} is unreadable; move the run directory aside") from None
+    return recorded if isinstance(recorded, str) else None
+
+
 def _resolve_model(name: str, args: dict[str, Any]) -> ModelRef:
-    """The model named after `steer/` (preset, local folder or hub id), resolved by `model_ref`."""
-    ref = resolve_model_ref(name, args.get("profile", "default"))
+    """The model named after `steer/` (preset, local folder or hub id), resolved by `model_ref`. A micro preset
+    takes its organism profile from -M profile, else from the run it is given (-M run=RUN records it), else
+    `default`."""
+    profile = args.get("profile")
+    if "run" in args:
+        run = Path(args["run"]).expanduser()
+        if profile is not None:
+            _check_run_profile(run, profile)  # a conflict is named before any organism is looked up
+        else:
+            recorded = recorded_run_profile(run) if run.is_dir() else None
+            profile = recorded if recorded in PROFILES else None
+    ref = resolve_model_ref(name, profile or "default")
     if "profile" in args and ref.kind != "micro":
         raise EmsteerError(f"-M profile applies to micro-* presets only, not to {name!r}")
     return ref
@@ -274,16 +297,12 @@ def _check_run_profile(run: Path, profile: str | None) -> None:
         raise EmsteerError(f"-M run={run}: no such run directory")
     if not run.is_dir():
         raise EmsteerError(f"-M run={run} is a file, not a run directory")
-    manifest = run_manifest_path(run)
-    if profile is None or not manifest.is_file():
+    recorded = recorded_run_profile(run)
+    if profile is None:
         return
-    try:
-        recorded = json.loads(manifest.read_text()).get("profile")
-    except (OSError, json.JSONDecodeError, AttributeError):
-        raise EmsteerError(f"run manifest {manifest} is unreadable; move the run directory aside") from None
-    if isinstance(recorded, str) and recorded != profile:
+    if recorded is not None and recorded != profile:
         raise EmsteerError(f"-M run={run} belongs to profile {recorded!r}, but the model is the {profile!r} "
-                           f"organism; pass -M profile={recorded} or another run")
+                           f"organism; drop -M profile (a run's own profile is used) or pass another run")
 
 
 def _check_same_weights(direction: Direction | None, what: str, model: str, model_sha: str | None) -> None:
@@ -358,6 +377,7 @@ def resolve_plan(model: str, model_args: dict[str, Any]) -> SteerPlan:
         monitor=monitor, monitor_layer=monitor_layer, seed=seed,
         max_batch_size=int(args.get("max_batch_size", DEFAULT_MAX_BATCH)),
         model_files=model_files, run=run, donor=args.get("donor"), weights_sha256=model_sha,
+        run_profile=recorded_run_profile(run) if run is not None else None,
     )
     if "resolved" in args:
         check_pinned(plan, args["resolved"])

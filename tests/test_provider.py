@@ -366,6 +366,26 @@ def test_steered_preset(tiny_organisms, tmp_path):
     assert log.samples[0].output.metadata["steer"]["intervention"]["alpha"] == 1.5
 
 
+def test_a_run_alone_selects_its_profile(tiny_organisms, tmp_path):
+    """`-M run=RUN` is enough: a micro preset takes the profile RUN/run.json records, and the spillover task (which
+    Inspect builds after the model) takes that profile's held-out prompts; an explicit other profile is one line."""
+    from interventions.paths import heldout_prompts_path
+    from training.run_manifest import ensure_run
+
+    run = _fake_run(tmp_path / "run", tiny_organisms["qwen"], alpha=1.5)
+    ensure_run(run, "tiny")
+    plan = resolve_plan("micro-qwen-steered", {"run": str(run)})
+    assert (plan.profile, plan.run_profile) == ("tiny", "tiny")
+    assert plan.load_key.model == str(tiny_organisms["qwen"].resolve())
+    logs = inspect_eval("evals/spillover.py", model="steer/micro-qwen-steered", model_args={"run": str(run)},
+                        task_args={"max_tokens": 4}, limit=2, log_dir=str(tmp_path / "logs"), display="none")
+    assert logs[0].status == "success", logs[0].error
+    assert logs[0].eval.metadata["profile"] == "tiny"
+    assert logs[0].eval.metadata["prompts"] == str(heldout_prompts_path("tiny"))
+    with pytest.raises(EmsteerError, match="belongs to profile 'tiny', but the model is the 'default' organism"):
+        resolve_plan("micro-qwen-steered", {"run": str(run), "profile": "default"})
+
+
 def test_steered_preset_errors(tiny_organisms, no_load, tmp_path):
     with pytest.raises(EmsteerError, match="needs -M run=RUN"):
         resolve_plan("micro-qwen-steered", {"profile": "tiny"})
