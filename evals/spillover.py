@@ -48,18 +48,16 @@ def _as_bool(value: Any) -> bool:
     raise EmsteerError(f"expected true or false, got {value!r}")
 
 
-def model_profile() -> str | None:
-    """The profile of the model under test, when it is a `steer/` model: the one its run records (`-M run=RUN`), else
-    its micro organism's; None for any other model or outside an eval."""
-    from interventions.provider import SteerAPI  # deferred: transformers, ~3 s; only steer/ models have a profile
+def steer_plan_under_test() -> Any:
+    """The `SteerPlan` of the model under test when it is a `steer/` model (Inspect builds the model before the
+    task); None for any other model or outside an eval."""
+    from interventions.provider import SteerAPI  # deferred: transformers, ~3 s; only steer/ models have a plan
 
     try:
         api = get_model().api
-    except Exception:  # noqa: BLE001 - no active model (a task built outside an eval): no profile to take
+    except Exception:  # noqa: BLE001 - no active model (a task built outside an eval): nothing to take
         return None
-    if not isinstance(api, SteerAPI):
-        return None
-    return api.plan.run_profile or api.plan.profile
+    return api.plan if isinstance(api, SteerAPI) else None
 
 
 @task
@@ -89,7 +87,8 @@ def spillover(
       planted: also score planted misaligned prose (`evals.planted`); default on for the micro organisms'
         held-out prompts, off for a prompts file.
     """
-    profile = profile or model_profile() or "default"
+    plan = steer_plan_under_test()
+    profile = profile or (plan.run_profile or plan.profile if plan is not None else None) or "default"
     source = Path(prompts).expanduser() if prompts else default_prompts(profile)
     dataset = split_samples(load_prompts(source), split)
     n = int(samples)
@@ -107,5 +106,7 @@ def spillover(
         config=GenerateConfig(max_tokens=int(max_tokens), temperature=float(temperature)),
         epochs=Epochs(n, answer_mean()) if n > 1 else None,
         metadata={"prompts": str(source), "profile": profile, "split": split, "samples": n,
-                  "temperature": float(temperature)},
+                  "temperature": float(temperature), **({"steer": plan.header()} if plan is not None else {})},
+        display_name=f"spillover: {plan.label()}" if plan is not None else None,
+        tags=plan.tags() if plan is not None else None,
     )

@@ -100,15 +100,16 @@ def cell_task(cell: Cell, run: str | Path, profile: str, task_args: dict[str, An
     from inspect_ai.model import get_model  # deferred: inspect_ai, as above
 
     from evals.spillover import spillover  # deferred: inspect_ai, as above
-    from interventions.provider import resolved_model_args  # deferred: transformers + inspect_ai, ~3 s, as above
+    from interventions.provider import resolve_model_args  # deferred: transformers + inspect_ai, ~3 s, as above
 
     model_name = f"steer/{preset_for(cell.family, profile)}"
-    margs = resolved_model_args(model_name, cell_model_args(cell, run, profile, alpha))
+    margs, plan = resolve_model_args(model_name, cell_model_args(cell, run, profile, alpha))
     base = spillover(profile=profile, **task_args)
     label = {**cell.label(), "alpha_value": alpha, "grid": grid_name}
     return Task(dataset=base.dataset, solver=base.solver, scorer=base.scorer, config=base.config,
                 model=get_model(model_name, **margs), name=f"spillover_{cell.name}".replace("-", "_"),
-                metadata={**(base.metadata or {}), "cell": label})
+                metadata={**(base.metadata or {}), "steer": plan.header(), "cell": label},
+                display_name=f"{cell.name}: {plan.label()}", tags=[*plan.tags(), f"grid:{grid_name}"])
 
 
 def cell_tasks(cells: list[Cell], run: str | Path, profile: str, task_args: dict[str, Any],

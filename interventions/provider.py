@@ -48,7 +48,7 @@ from interventions.steer_plan import SteerPlan, resolve_plan
 
 DEFAULT_MAX_TOKENS = 2048
 
-__all__ = ["SteerAPI", "resolved_model_args", "chat_messages"]
+__all__ = ["SteerAPI", "chat_messages", "resolve_model_args", "resolved_model_args"]
 
 
 def _model_name(model: str) -> str:
@@ -60,8 +60,14 @@ def resolved_model_args(model: str, model_args: dict[str, Any] | None = None) ->
 
     Pass the result as `model_args` to `inspect_ai.eval` so the eval log's model_args record them; the
     provider checks them against the files when it is built (so an eval retry with changed files fails)."""
+    return resolve_model_args(model, model_args)[0]
+
+
+def resolve_model_args(model: str, model_args: dict[str, Any] | None = None) -> tuple[dict[str, Any], SteerPlan]:
+    """(`resolved_model_args(model, model_args)`, the plan it pins), resolving the plan once."""
     args = {k: v for k, v in (model_args or {}).items() if k != "resolved"}
-    return {**args, "resolved": resolve_plan(_model_name(model), args).pin()}
+    plan = resolve_plan(_model_name(model), args)
+    return {**args, "resolved": plan.pin()}, plan
 
 
 def chat_messages(input: list[ChatMessage]) -> list[dict[str, str]]:

@@ -139,6 +139,42 @@ class SteerPlan:
             "sha256": self.sha256(files),
         }
 
+    def header(self) -> dict[str, Any]:
+        """The intervention at a glance, as flat values (what an eval log's metadata shows at the top): model,
+        profile, run, adapter, variant, op, layer, alpha and where it came from, R, direction and weights hashes."""
+        iv = self.intervention
+        adapter_weights = [h for p, h in self.adapter_files.items() if p.endswith(".safetensors")]
+        return {
+            "model": self.model, "profile": self.run_profile or self.profile,
+            "run": str(self.run) if self.run else None,
+            "adapter": str(self.adapter_dir) if self.adapter_dir else None,
+            "adapter_sha256": adapter_weights[0] if adapter_weights else None,
+            "variant": self.variant, "op": iv.op if iv else None, "layer": self.layer,
+            "alpha": iv.alpha if iv else None, "alpha_source": self.alpha_source, "R": iv.R if iv else None,
+            "donor": self.donor,
+            "direction_sha256": next(iter(self.direction.sources.values()), None) if self.direction else None,
+            "weights_sha256": self.weights_sha256,
+        }
+
+    def label(self) -> str:
+        """A short name telling runs apart in a log list: variant, op, alpha and layer, and the adapter's arm."""
+        arm = self.adapter_dir.parent.name if self.adapter_dir is not None else None
+        model = f"{self.model}" + (f" + {arm} adapter" if arm else "")
+        if self.intervention is None:
+            return f"{model}, unsteered"
+        iv = self.intervention
+        return f"{model}, {self.variant} {iv.op} alpha {iv.alpha:g} at layer {self.layer}"
+
+    def tags(self) -> list[str]:
+        """Log-list tags: variant, op and alpha, layer, adapter arm."""
+        iv = self.intervention
+        out = [f"variant:{self.variant}"]
+        if iv is not None:
+            out += [f"{iv.op}:{iv.alpha:g}", f"layer:{self.layer}"]
+        if self.adapter_dir is not None:
+            out.append(f"adapter:{self.adapter_dir.parent.name}")
+        return out
+
     def pin(self) -> dict[str, Any]:
         """What `resolved_model_args` puts in model_args (and a later run checks): hashes + intervention."""
         return json.loads(json.dumps({"sha256": self.sha256(), "intervention": self.intervention_record(),

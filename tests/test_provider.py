@@ -382,6 +382,15 @@ def test_a_run_alone_selects_its_profile(tiny_organisms, tmp_path):
     assert logs[0].status == "success", logs[0].error
     assert logs[0].eval.metadata["profile"] == "tiny"
     assert logs[0].eval.metadata["prompts"] == str(heldout_prompts_path("tiny"))
+    # the intervention is in the log header as plain values, and the log list tells it apart by name and tags
+    head = logs[0].eval.metadata["steer"]
+    assert (head["variant"], head["op"], head["alpha"], head["R"], head["layer"]) == ("own", "subtract", 1.5, 2.5, 1)
+    assert head["alpha_source"] == str(calibration_path(run.resolve(), "qwen"))
+    assert head["direction_sha256"] == sha256_file(own_direction_path(run, "qwen", 1))
+    assert head["adapter"] == str(adapter_dir(run, "qwen", "insecure", 0).resolve())
+    assert head["weights_sha256"] == plan.weights_sha256 and head["profile"] == "tiny"
+    assert {"variant:own", "subtract:1.5", "layer:1", "adapter:insecure"} <= set(logs[0].eval.tags)
+    assert logs[0].eval.task_display_name == "spillover: micro-qwen-steered + insecure adapter, own subtract alpha 1.5 at layer 1"
     with pytest.raises(EmsteerError, match="belongs to profile 'tiny', but the model is the 'default' organism"):
         resolve_plan("micro-qwen-steered", {"run": str(run), "profile": "default"})
 

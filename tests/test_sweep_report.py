@@ -172,6 +172,26 @@ def test_rerun_skips_finished_cells(tiny_reproduce) -> None:
     assert after == before and len(after) == 24
 
 
+def test_sweep_logs_carry_the_intervention_in_their_header(tiny_reproduce) -> None:
+    """Every cell's log header holds the resolved intervention as plain values, and its name and tags tell
+    variant, op, alpha and grid apart in the log list."""
+    from inspect_ai.log import read_eval_log
+
+    run, _, _ = tiny_reproduce
+    alpha = json.loads((run / "calibration" / "qwen.json").read_text())["alpha"]
+    headers = [read_eval_log(str(p), header_only=True).eval for p in sorted((run / "logs" / "tiny").glob("*.eval"))]
+    own = next(h for h in headers if h.metadata["cell"]["family"] == "qwen" and h.metadata["cell"]["kind"] == "variant"
+               and h.metadata["cell"]["variant"] == "own")
+    head = own.metadata["steer"]
+    assert (head["variant"], head["op"], head["alpha"], head["layer"]) == ("own", "subtract", alpha, 1)
+    assert head["alpha_source"] == "-M alpha" and len(head["direction_sha256"]) == 64
+    assert head["adapter"].endswith("adapters/qwen/insecure/seed_0") and len(head["weights_sha256"]) == 64
+    assert {"variant:own", f"subtract:{alpha:g}", "grid:tiny"} <= set(own.tags)
+    assert f"own subtract alpha {alpha:g} at layer 1" in own.task_display_name
+    base = next(h for h in headers if h.metadata["cell"]["family"] == "qwen" and h.metadata["cell"]["arm"] is None)
+    assert base.metadata["steer"]["alpha"] is None and base.task_display_name.endswith("unsteered")
+
+
 def test_report_refuses_logs_with_disagreeing_provenance(tiny_reproduce, tmp_path) -> None:
     import shutil
 

@@ -39,11 +39,14 @@ def register(app: typer.Typer) -> None:
         from evals.report_tables import tables_markdown  # deferred: torch + pandas, ~1.7 s at CLI start
         from training.profiles import resolve_families  # deferred: corpus tables + tomllib, ~10 ms at CLI start
         from training.reproduce import plan_reproduce, run_reproduce  # deferred: torch, ~1 s at CLI start
+        from training.reproduce_estimate import estimate_reproduce, plan_lines  # deferred: torch, as above
 
         fams = tuple(resolve_families(family, profile)) if family != "all" else None
         plan = plan_reproduce(out, profile=profile, families=fams, grid=grid, seeds=seeds, secure_seeds=secure_seeds,
                               audit=not no_audit, display=display, backend=backend, jobs=jobs,
                               quick=quick)
+        for line in plan_lines(plan, estimate_reproduce(plan)):  # before anything runs
+            typer.echo(line, err=True)
         summary = run_reproduce(plan, log=lambda m: typer.echo(m, err=True), progress=not quiet)
         typer.echo(tables_markdown(summary))
         typer.echo(f"timings (s): {plan.timings}")
