@@ -40,13 +40,13 @@ def organism_build(
 ) -> None:
     """Build the micro organisms (cached under $EMSTEER_CACHE; reused by every later command)."""
     from interventions.workers import default_jobs  # deferred: multiprocessing, ~8 ms at every CLI start
-    from training.organisms import build_organisms  # deferred: torch + transformers, ~3 s at every CLI start
     from training.profiles import resolve_families  # deferred: corpus tables + tomllib, ~10 ms at every CLI start
 
     check_profile(profile)
     if jobs < 0:
         raise EmsteerError(f"--jobs must be 0 (one per core) or more, got {jobs}")
     families = resolve_families(family)
+    from training.organisms import build_organisms  # deferred: torch + transformers, ~3 s; after the checks
     build_organisms(families, profile, jobs=jobs or default_jobs(), force=force, progress=not quiet,
                     log=lambda m: typer.echo(m, err=True))
     _print_info(profile, as_json=False)

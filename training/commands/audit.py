@@ -58,6 +58,10 @@ def register(app: typer.Typer) -> None:
         report the shift against the base, a calibrated probability with a 95% interval and a decision."""
         if run is not None:
             require_run(run)
+        if not validate and (model is None or direction is None):
+            raise EmsteerError("emsteer audit needs --model and --direction (or --validate --run RUN)")
+        if validate and run is None:
+            raise EmsteerError("--validate needs --run RUN")
         from training.audit import run_audit  # deferred: torch + inspect_ai, ~2.5 s at CLI start
 
         log = lambda m: typer.echo(m, err=True)  # noqa: E731

