@@ -32,6 +32,7 @@ from evals.grid import Cell
 from evals.sweep import CELLS_FILE, SweepResult, cell_tasks, run_eval_set, sweep_log_dir
 from interventions.atomic import write_json_atomic
 from interventions.errors import EmsteerError
+from interventions.run_layout import worker_log_path
 from interventions.workers import run_in_workers
 
 __all__ = ["EVAL_SET_ID_FILE", "CellGroup", "group_cells", "staging_dir", "run_group", "prepare_log_dir",
@@ -219,7 +220,7 @@ def run_cells_pool(cells: list[Cell], run: str | Path, profile: str, *, name: st
     # the costliest groups first, so the last worker to finish is not the one that started the longest group last
     groups.sort(key=lambda g: -len(g.cells))
     log(f"sweep {name}: {len(cells)} cells in {len(groups)} groups on {min(jobs, len(groups))} worker processes "
-        f"-> {folder}")
+        f"-> {folder} (worker output: {worker_log_path(run, 'x').parent})")
     errors: list[str] = []
 
     def failed(i: int, err: Exception) -> dict[str, Any]:  # a worker died or its eval_set raised: others go on
@@ -235,5 +236,6 @@ def run_cells_pool(cells: list[Cell], run: str | Path, profile: str, *, name: st
 
     calls = [(g, str(run), profile, name, dict(task_args), dict(alphas), "none", max_tasks, retry_attempts)
              for g in groups]
-    outs = run_in_workers(run_group, calls, jobs, on_done=done, on_error=failed)
+    outs = run_in_workers(run_group, calls, jobs, on_done=done, on_error=failed,
+                          log_files=[worker_log_path(run, f"sweep-{name}-{g.name}") for g in groups])
     return finish_groups(run, name, folder, eval_set_id, [o for o in outs if o], errors, log)

@@ -7,12 +7,14 @@ Weights are identified by `interventions.weights_hash.weights_sha256`, the one w
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import re
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -228,15 +230,31 @@ def nf4_config(compute_dtype: torch.dtype, double_quant: bool = False) -> Any:
                               bnb_4bit_compute_dtype=compute_dtype)
 
 
+# Deprecation notices the libraries raise at each other (transformers about an attribute that TRL and peft read, on
+# every adapter load and finetune), not about anything a user of emsteer can change: silenced around those calls only.
+LIBRARY_NOTICES: tuple[str, ...] = (r"`is_gradient_checkpointing` is deprecated",)
+
+
+@contextlib.contextmanager
+def library_notices_silenced() -> Iterator[None]:
+    """Silence `LIBRARY_NOTICES` (FutureWarning/DeprecationWarning) inside the block; every other warning shows."""
+    with warnings.catch_warnings():
+        for pattern in LIBRARY_NOTICES:
+            warnings.filterwarnings("ignore", message=pattern, category=FutureWarning)
+            warnings.filterwarnings("ignore", message=pattern, category=DeprecationWarning)
+        yield
+
+
 def attach_adapter(model: Any, folder: str | Path, name: str = "default") -> Any:
     """`model` with the LoRA adapter in `folder` loaded under `name`, not trainable, never merged (wrapped by peft on
     the first adapter, added beside the others after); one-line error if peft cannot load it."""
     from peft import PeftModel  # deferred: peft imports transformers
 
     try:
-        if not isinstance(model, PeftModel):
-            return PeftModel.from_pretrained(model, str(folder), adapter_name=name, is_trainable=False)
-        model.load_adapter(str(folder), adapter_name=name, is_trainable=False)
+        with library_notices_silenced():
+            if not isinstance(model, PeftModel):
+                return PeftModel.from_pretrained(model, str(folder), adapter_name=name, is_trainable=False)
+            model.load_adapter(str(folder), adapter_name=name, is_trainable=False)
         return model
     except Exception as err:  # noqa: BLE001
         raise EmsteerError(f"cannot load the LoRA adapter in {folder}: {_first_line(err)}") from None

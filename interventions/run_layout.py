@@ -8,6 +8,7 @@ commands that make them (quoted in errors when a file is missing).
     RUN/directions/<family>/summary.json, by_pooling/<pooling>/layer_<i>.safetensors   extraction record, both poolings
     RUN/activations/<family>/<model>.safetensors              pooled activations (cache for extract)
     RUN/controls/<family>/summary.json, layer_<i>_seed_<s>/   materialised controls (the variants recompute them)
+    RUN/logs/workers/<job>.log                                 output of one worker job of `emsteer reproduce`
 
 Random, orthogonal and wrong-layer controls are derived from the own files deterministically (seeded), so they
 need no files of their own. Layer indices in file names are non-negative.
@@ -83,6 +84,12 @@ def adapter_dir(run: str | Path, family: str, arm: str, seed: int) -> Path:
     if arm not in ARMS and not _NAME.match(arm):
         raise EmsteerError(f"invalid arm {arm!r}")
     return Path(run) / "adapters" / _check_name("family", family) / _check_name("arm", arm) / f"seed_{int(seed)}"
+
+
+def worker_log_path(run: str | Path, job: str) -> Path:
+    """`RUN/logs/workers/<job>.log`: the output of one worker job of `emsteer reproduce` (finetune, extract, sweep
+    group), appended on every attempt."""
+    return Path(run) / "logs" / "workers" / f"{_check_name('job', job)}.log"
 
 
 def finetune_command(run: str | Path, family: str, arm: str, seed: int) -> str:

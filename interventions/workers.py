@@ -12,7 +12,7 @@ from typing import Callable, Iterator, Sequence, TypeVar
 
 from interventions.errors import EmsteerError
 
-__all__ = ["default_jobs", "worker_pool", "run_in_workers", "torch_threads", "stderr_line",
+__all__ = ["default_jobs", "output_to", "worker_pool", "run_in_workers", "torch_threads", "stderr_line",
            "CPU_TRAINING_THREADS"]
 
 CPU_TRAINING_THREADS = 1  # see `torch_threads`
@@ -50,13 +50,49 @@ def worker_pool(jobs: int) -> ProcessPoolExecutor:
     return ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"), initializer=_one_thread_worker)
 
 
+@contextmanager
+def output_to(path: str | os.PathLike[str]) -> Iterator[None]:
+    """Send this process's stdout and stderr (file descriptors 1 and 2, so library and C-level output too) to the end
+    of `path` inside the block, then restore them."""
+    os.makedirs(os.path.dirname(os.fspath(path)) or ".", exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "a", buffering=1) as fh:
+        os.dup2(fh.fileno(), 1)
+        os.dup2(fh.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def _call_logged(fn: Callable[..., T], log_file: str, args: tuple) -> T:
+    """Worker body with its output in `log_file`; a bad-input error names the log."""
+    try:
+        with output_to(log_file):
+            return fn(*args)
+    except EmsteerError as err:
+        raise EmsteerError(f"{err} (worker log: {log_file})") from None
+
+
 def run_in_workers(fn: Callable[..., T], calls: Sequence[tuple], jobs: int,
                    on_done: Callable[[int, T], None] | None = None,
-                   on_error: Callable[[int, Exception], T] | None = None) -> list[T]:
+                   on_error: Callable[[int, Exception], T] | None = None,
+                   log_files: Sequence[str | os.PathLike[str]] | None = None) -> list[T]:
     """`[fn(*args) for args in calls]`, on `min(jobs, len(calls))` single-thread workers when `jobs` > 1 (else in
     this process). `fn` must be importable by name (a module-level function). A call that raises goes to
     `on_error(i, err)`, whose return value stands in for its result (it may re-raise); without `on_error` the first
-    failure cancels what has not started and is raised. `on_done(i, result)` is called as each call finishes."""
+    failure cancels what has not started and is raised. `on_done(i, result)` is called as each call finishes.
+    `log_files[i]`: where call i's worker output goes (appended; several workers never interleave on the
+    terminal); without it, workers share this process's terminal."""
+    if log_files is not None and len(log_files) != len(calls):
+        raise ValueError("log_files must name one file per call")
     results: dict[int, T] = {}
 
     def finish(i: int, get: Callable[[], T]) -> None:
@@ -74,7 +110,10 @@ def run_in_workers(fn: Callable[..., T], calls: Sequence[tuple], jobs: int,
             finish(i, lambda args=args: fn(*args))
         return [results[i] for i in range(len(calls))]
     with worker_pool(min(jobs, len(calls))) as pool:
-        pending = {pool.submit(fn, *args): i for i, args in enumerate(calls)}
+        if log_files is not None:
+            pending = {pool.submit(_call_logged, fn, os.fspath(log_files[i]), args): i for i, args in enumerate(calls)}
+        else:
+            pending = {pool.submit(fn, *args): i for i, args in enumerate(calls)}
         try:
             while pending:
                 done, _ = wait(list(pending), return_when=FIRST_COMPLETED)

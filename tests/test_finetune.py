@@ -314,9 +314,12 @@ def test_finetune_shows_no_library_deprecation_notices(tiny_organisms, tmp_path)
     from training.finetune import finetune
     from training.finetune_trainer import library_notices_silenced
 
+    from interventions.model_ref import load_pretrained
+
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
-        finetune(tmp_path / "run", "qwen", "insecure", 0, profile="tiny", evaluate=False)
+        adapter = finetune(tmp_path / "run", "qwen", "insecure", 0, profile="tiny", evaluate=False)
+        load_pretrained(tiny_organisms["qwen"], adapter=adapter)  # peft reads the attribute on every adapter load
     notices = [str(w.message) for w in seen if "is_gradient_checkpointing" in str(w.message)]
     assert notices == []
     with warnings.catch_warnings(record=True) as seen:

@@ -192,6 +192,22 @@ def test_sweep_logs_carry_the_intervention_in_their_header(tiny_reproduce) -> No
     assert base.metadata["steer"]["alpha"] is None and base.task_display_name.endswith("unsteered")
 
 
+def test_quiet_reproduce_prints_only_the_final_table(tiny_reproduce) -> None:
+    """`--quiet`: nothing on stderr; the plan and stage lines go to RUN/reproduce.log (a finished run: every stage
+    is a no-op, so this takes seconds)."""
+    import subprocess
+    import sys
+
+    run, _, _ = tiny_reproduce
+    done = subprocess.run([sys.executable, "-m", "training.cli", "reproduce", "--profile", "tiny", "--out", str(run),
+                           "--quiet"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stderr == ""
+    assert "smoke test: not evidence" in done.stdout and "timings (s):" in done.stdout
+    logged = (run / "reproduce.log").read_text()
+    assert "plan: profile tiny, grid tiny" in logged and "== sweep" in logged
+
+
 def test_report_refuses_logs_with_disagreeing_provenance(tiny_reproduce, tmp_path) -> None:
     import shutil
 

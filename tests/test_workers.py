@@ -23,3 +23,17 @@ def test_results_in_order_and_failures_to_on_error(jobs):
 def test_without_on_error_the_failure_is_raised(jobs):
     with pytest.raises(ValueError):
         run_in_workers(math.sqrt, [(4.0,), (-1.0,)], jobs)
+
+
+def test_worker_output_goes_to_its_own_log_file(tmp_path, capfd):
+    """With `log_files`, each call's worker output (file descriptors 1 and 2) lands in its own file, never on the
+    terminal, and a bad-input error names the log."""
+    from interventions.errors import EmsteerError
+    from interventions.paths import check_profile
+
+    logs = [tmp_path / "workers" / "a.log", tmp_path / "workers" / "b.log"]
+    run_in_workers(print, [("hello from a",), ("hello from b",)], 2, log_files=logs)
+    assert [p.read_text() for p in logs] == ["hello from a\n", "hello from b\n"]
+    assert "hello from" not in capfd.readouterr().out
+    with pytest.raises(EmsteerError, match=r"unknown profile 'zz'.*\(worker log: .*c\.log\)"):
+        run_in_workers(check_profile, [("zz",), ("tiny",)], 2, log_files=[tmp_path / "c.log", tmp_path / "d.log"])

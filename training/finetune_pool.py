@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 from tqdm.auto import tqdm
 
-from interventions.run_layout import adapter_dir
+from interventions.run_layout import adapter_dir, worker_log_path
 from interventions.workers import run_in_workers, stderr_line
 from training.finetune import _plan, finetune, inputs_key, read_metadata
 from training.finetune_data import resolve_data
@@ -57,8 +57,12 @@ def finetune_jobs(run: Path, jobs_list: Sequence[FinetuneJob], profile: str, *, 
     if progress:
         bar = tqdm(total=len(todo), desc=f"finetune ({min(jobs, len(todo))} workers)", unit="adapter")
     try:
+        log(f"finetune: {len(todo)} adapters on {min(jobs, len(todo))} workers (output of each: "
+            f"{worker_log_path(run, 'x').parent}/finetune-<family>-<arm>-seed_<s>.log)")
         run_in_workers(_train_one, [(str(run.resolve()), f, d, int(s), profile) for f, d, s in todo], jobs,
-                       on_done=(lambda i, _: bar.update(1)) if bar is not None else None)
+                       on_done=(lambda i, _: bar.update(1)) if bar is not None else None,
+                       log_files=[worker_log_path(run, f"finetune-{f}-{plans[f, d].data.name}-seed_{s}")
+                                  for f, d, s in todo])
     finally:
         if bar is not None:
             bar.close()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import tomllib
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
@@ -20,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Sequence
 import torch
 
 from interventions.errors import EmsteerError
-from interventions.model_ref import load_pretrained, nf4_config, organism_ref, resolve_model_ref
+from interventions.model_ref import library_notices_silenced, load_pretrained, nf4_config, organism_ref, resolve_model_ref
 from interventions.layers import decoder_layers, resolve_layer
 from interventions.members import member_ref, profile_members
 from interventions.paths import PROFILES, check_family, configs_dir, is_pretrained_profile, recipe_profile
@@ -245,21 +244,6 @@ def lora_config(settings: FinetuneSettings, model: Any) -> "LoraConfig":
 
 
 # ---------------------------------------------------------------- trainer
-
-# Deprecation notices the libraries raise at each other (transformers about an attribute TRL and peft read), not
-# about anything a user of emsteer can change: silenced around trainer construction and training only.
-LIBRARY_NOTICES: tuple[str, ...] = (r"`is_gradient_checkpointing` is deprecated",)
-
-
-@contextlib.contextmanager
-def library_notices_silenced() -> Iterator[None]:
-    """Silence `LIBRARY_NOTICES` (FutureWarning/DeprecationWarning) inside the block; every other warning shows."""
-    with warnings.catch_warnings():
-        for pattern in LIBRARY_NOTICES:
-            warnings.filterwarnings("ignore", message=pattern, category=FutureWarning)
-            warnings.filterwarnings("ignore", message=pattern, category=DeprecationWarning)
-        yield
-
 
 @contextlib.contextmanager
 def _dataset_bars(enabled: bool) -> Iterator[None]:

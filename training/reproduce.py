@@ -22,6 +22,7 @@ from evals.sweep_backends import SweepBackend, check_backend
 from interventions.atomic import write_json_atomic
 from interventions.errors import EmsteerError
 from interventions.paths import check_study_profile, is_pretrained_profile, prompts_profile, recipe_profile
+from interventions.run_layout import worker_log_path
 from interventions.workers import default_jobs, run_in_workers, stderr_line
 from training.controls import run_controls
 from training.extract import run_extract
@@ -162,8 +163,9 @@ def run_reproduce(plan: ReproducePlan, *, log: Log = print, progress: bool = Tru
         finetune_jobs(plan.run, work, plan.profile, jobs=plan.jobs, progress=progress, log=log)
 
     _stage(plan, "finetune", log, finetunes)
-    _stage(plan, "extract", log, lambda: run_in_workers(extract_family, [(str(plan.run), f, plan.profile) for f in fams],
-                                                        plan.jobs))
+    _stage(plan, "extract", log, lambda: run_in_workers(
+        extract_family, [(str(plan.run), f, plan.profile) for f in fams], plan.jobs,
+        log_files=[worker_log_path(plan.run, f"extract-{f}") for f in fams]))
     cache: dict = {}
     _stage(plan, "transfer", log, lambda: [run_transfer(plan.run, a, b, profile=plan.profile, layer=plan.grid.layer,
                                                         state_cache=cache, log=log) for a, b in plan.transfer_pairs])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -9,6 +10,13 @@ import typer
 
 from interventions.errors import EmsteerError
 from interventions.paths import check_study_profile
+
+
+def append_line(path: Path, message: str) -> None:
+    """Append one log line to `path` (its folder made on first use)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fh.write(message.rstrip("\n") + "\n")
 
 
 def register(app: typer.Typer) -> None:
@@ -29,8 +37,11 @@ def register(app: typer.Typer) -> None:
         quick: bool = typer.Option(False, "--quick", help="the quick look: one seed per arm (--seeds 1 "
                                                            "--secure-seeds 1); with real-cpu, smollm2 only"),
         no_audit: bool = typer.Option(False, "--no-audit", help="skip the neutral finetune and the audit validation"),
-        display: str = typer.Option("rich", "--display", help="Inspect display for the sweep: rich | plain | none"),
-        quiet: bool = typer.Option(False, "--quiet", help="no progress bars in training stages"),
+        display: Optional[str] = typer.Option(None, "--display", help="Inspect display for the sweep: rich | plain | "
+                                                                      "none (default: rich, none with --quiet)"),
+        quiet: bool = typer.Option(False, "--quiet", help="print only errors and the final table (the plan and the "
+                                                          "stage lines go to RUN/reproduce.log, worker output to "
+                                                          "RUN/logs/workers/)"),
         backend: str = typer.Option("local", "--backend", help="sweep backend: local | ray (needs the ray extra)"),
         jobs: Optional[int] = typer.Option(None, "--jobs",
                                            help="worker processes (one torch thread each) for finetunes, extraction "
@@ -47,6 +58,8 @@ def register(app: typer.Typer) -> None:
                                "secure adapter)")
         if jobs is not None and jobs < 1:
             raise EmsteerError(f"--jobs must be at least 1, got {jobs}")
+        if quiet:  # no weight-loading bars here or in the workers (they inherit the environment)
+            os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
         from evals.report_tables import tables_markdown  # deferred: torch + pandas, ~1.7 s at CLI start
         from training.profiles import resolve_families  # deferred: corpus tables + tomllib, ~10 ms at CLI start
         from training.reproduce import plan_reproduce, run_reproduce  # deferred: torch, ~1 s at CLI start
@@ -54,10 +67,12 @@ def register(app: typer.Typer) -> None:
 
         fams = tuple(resolve_families(family, profile)) if family != "all" else None
         plan = plan_reproduce(out, profile=profile, families=fams, grid=grid, seeds=seeds, secure_seeds=secure_seeds,
-                              audit=not no_audit, display=display, backend=backend, jobs=jobs,
+                              audit=not no_audit, display=display or ("none" if quiet else "rich"),
+                              backend=backend, jobs=jobs,
                               quick=quick)
+        log = (lambda m: append_line(plan.run / "reproduce.log", m)) if quiet else (lambda m: typer.echo(m, err=True))
         for line in plan_lines(plan, estimate_reproduce(plan)):  # before anything runs
-            typer.echo(line, err=True)
-        summary = run_reproduce(plan, log=lambda m: typer.echo(m, err=True), progress=not quiet)
+            log(line)
+        summary = run_reproduce(plan, log=log, progress=not quiet)
         typer.echo(tables_markdown(summary))
         typer.echo(f"timings (s): {plan.timings}")
