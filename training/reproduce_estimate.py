@@ -34,7 +34,8 @@ class Estimate:
     """Units of work per stage, the seconds each is expected to take here, and the total."""
 
     units: dict[str, int]
-    seconds: dict[str, float]
+    seconds: dict[str, float]   # units without a measured price are left out (see `unpriced`)
+    unpriced: tuple[str, ...]
     speed_ratio: float   # reference machine's matmul speed / this machine's (>1: this machine is slower)
     measured_on: str
 
@@ -59,7 +60,7 @@ def machine_speed(n: int = 384, repeats: int = 12) -> float:
     return 2 * n ** 3 / best / 1e9
 
 
-def _timing_table(profile: str) -> tuple[dict[str, float], float, str]:
+def _timing_table(profile: str) -> tuple[dict[str, float | None], float, str]:
     path = configs_dir() / "timing.toml"
     try:
         raw = tomllib.loads(path.read_text())
@@ -68,7 +69,8 @@ def _timing_table(profile: str) -> tuple[dict[str, float], float, str]:
     table = raw.get("profiles", {}).get(recipe_profile(profile))
     if not isinstance(table, dict):
         raise EmsteerError(f"{path} has no [profiles.{recipe_profile(profile)}] table")
-    return {u: float(table.get(u, 0.0)) for u in UNITS}, float(raw["reference_gflops"]), str(raw["measured_on"])
+    prices = {u: (float(table[u]) if u in table else None) for u in UNITS}
+    return prices, float(raw["reference_gflops"]), str(raw["measured_on"])
 
 
 def _adapter_done(run: Any, family: str, arm: str, seed: int) -> bool:
@@ -95,10 +97,19 @@ def estimate_reproduce(plan: Any, *, speed: float | None = None) -> Estimate:
         "audit": len(fams) if plan.audit else 0,
         "report": 1,
     }
-    parallel = {"organism", "finetune", "extract", "calibrate_cell", "sweep_cell"}
-    seconds = {u: n * per_unit[u] * ratio / (max(1, min(plan.jobs, n)) if u in parallel else 1)
-               for u, n in units.items()}
-    return Estimate(units=units, seconds=seconds, speed_ratio=ratio, measured_on=measured_on)
+    # workers share a stage by its independent jobs: organisms, adapters, extractions one each; cells one family
+    # (its eval_set) each; transfers, audit and report run in this process
+    ways = {"organism": units["organism"], "finetune": units["finetune"], "extract": len(fams),
+            "calibrate_cell": len(fams), "sweep_cell": len(fams)}
+    seconds, unpriced = {}, []
+    for u, n in units.items():
+        price = per_unit[u]
+        if n and price is None:
+            unpriced.append(u)
+            continue
+        seconds[u] = n * (price or 0.0) * ratio / max(1, min(plan.jobs, ways.get(u, 1)))
+    return Estimate(units=units, seconds=seconds, unpriced=tuple(unpriced), speed_ratio=ratio,
+                    measured_on=measured_on)
 
 
 def _minutes(seconds: float) -> str:
@@ -114,10 +125,13 @@ def plan_lines(plan: Any, estimate: Estimate) -> list[str]:
              f"{', neutral arm for the audit' if plan.audit else ''}; {plan.jobs} worker(s); run {plan.run}"]
     stages = [("organisms to build", "organism"), ("adapters to train", "finetune"), ("extractions", "extract"),
               ("transfers", "transfer"), ("calibration cells", "calibrate_cell"), ("sweep cells", "sweep_cell")]
-    lines.append("  " + "; ".join(f"{u[k]} {label} (~{_minutes(s[k])})" for label, k in stages if u[k]))
+    lines.append("  " + "; ".join(f"{u[k]} {label} (~{_minutes(s[k])})" if k in s else f"{u[k]} {label} (no "
+                                   f"measured time yet)" for label, k in stages if u[k]))
     lines.append(f"  estimate: ~{_minutes(estimate.total_s)} on this machine (a quiet one; speed "
                  f"{1 / estimate.speed_ratio:.2f}x the reference machine: {estimate.measured_on}); "
-                 f"finished work is kept, so a re-run does only what is missing")
+                 f"finished work is kept, so a re-run does only what is missing"
+                 + (f"; not counted: {', '.join(estimate.unpriced)} (never measured for this profile)"
+                    if estimate.unpriced else ""))
     if not is_smoke_profile(plan.profile) and not is_pretrained_profile(plan.profile):
         lines.append("  quicker: `emsteer reproduce --quick` (one seed per arm); a smoke test in about a minute: "
                      "`emsteer reproduce --profile tiny --out runs/tiny` (plumbing only, not evidence)")
