@@ -1,7 +1,8 @@
 """What `emsteer reproduce` will do and about how long it will take, printed before anything runs.
 
-The estimate counts the work a plan still has (organisms not cached, adapters not trained, cells to evaluate)
-and prices each unit with the seconds measured for that profile on the project's reference machine
+The estimate counts the work a plan still has (organisms not cached, adapters not trained, families not extracted
+or calibrated, and every cell of the grid: a cell whose log is finished costs little, so a resumed sweep comes in
+under the estimate) and prices each unit with the seconds measured for that profile on the project's reference machine
 (`configs/timing.toml`, one measured reproduce per profile), scaled by how fast this machine runs a fixed
 single-thread matmul compared with the reference machine, and divided by the worker processes that share a stage.
 It is an estimate of a quiet machine; other load makes it longer.
@@ -20,7 +21,7 @@ from evals.calibrate import LADDER
 from evals.grid import expand_cells
 from interventions.errors import EmsteerError
 from interventions.paths import configs_dir, is_pretrained_profile, is_smoke_profile, organism_dir, recipe_profile
-from interventions.run_layout import adapter_dir
+from interventions.run_layout import adapter_dir, calibration_path, extraction_summary_path
 from interventions.model_ref import ADAPTER_WEIGHTS
 
 __all__ = ["Estimate", "estimate_reproduce", "machine_speed", "plan_lines"]
@@ -90,9 +91,10 @@ def estimate_reproduce(plan: Any, *, speed: float | None = None) -> Estimate:
     units = {
         "organism": organisms,
         "finetune": sum(not _adapter_done(plan.run, *w) for w in work),
-        "extract": len(fams),
+        "extract": sum(not extraction_summary_path(plan.run, f).is_file() for f in fams),
         "transfer": len(plan.transfer_pairs),
-        "calibrate_cell": len(fams) * (len(LADDER) + 1) if plan.grid.alpha == "calibrated" else 0,
+        "calibrate_cell": (len(LADDER) + 1) * sum(not calibration_path(plan.run, f).is_file() for f in fams)
+        if plan.grid.alpha == "calibrated" else 0,
         "sweep_cell": len(expand_cells(plan.grid)),
         "audit": len(fams) if plan.audit else 0,
         "report": 1,
