@@ -25,7 +25,7 @@ from evals.report_sections import family_section, monitor_section, read_json, tr
 from evals.report_tables import tables_markdown
 from interventions.atomic import write_json_atomic, write_text_atomic
 from interventions.errors import EmsteerError
-from interventions.paths import SMOKE_VERDICT, is_smoke_profile, run_keys
+from interventions.paths import SMOKE_VERDICT, is_pretrained_profile, is_smoke_profile, run_keys
 from interventions.run_layout import report_dir, run_manifest_path
 
 __all__ = ["build_summary", "write_report", "check_summary", "SCHEMA", "SUMMARY_KEYS", "FAMILY_KEYS"]
@@ -69,6 +69,9 @@ def build_summary(run: str | Path, grid: str = "paper") -> tuple[dict[str, Any],
                   "n_insecure_seeds": n_seeds,
                   "evidence": (f"{SMOKE_VERDICT}: profile {manifest.get('profile')} organisms are too small to show "
                                "the phenomenon; the numbers check the pipeline and no claim is judged") if smoke
+                              else ("one run of the documented profile; a claim holds only if it holds on a second "
+                                    "finetune seed" + (" (see n_insecure_seeds)" if min(n_seeds.values(), default=0) < 2
+                                                       else "")) if is_pretrained_profile(manifest.get("profile"))
                               else "one run of the documented profile; a claim holds only if it holds on a second "
                                    "organism seed"},
     }

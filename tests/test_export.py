@@ -156,3 +156,28 @@ def test_cli_export_and_its_bad_input(tiny_organisms, tmp_path):
         f"emsteer: error: {tmp_path / 'q'} exists; pass --force to replace it")
     bad = subprocess.run(cmd[:8] + ["-M", "alpha"], capture_output=True, text=True, timeout=600)
     assert bad.returncode != 0 and "-M 'alpha' is not KEY=VALUE" in bad.stderr
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen"])
+def test_every_run_variant_exports_with_parity(tiny_organisms, tmp_path, family):
+    """Each variant a run resolves (own and its controls, at the run's calibrated alpha) exports with parity."""
+    from transformers import AutoConfig
+
+    from interventions.run_layout import adapter_dir, calibration_path, own_direction_path, secure_direction_path
+    from training.export import export_model
+
+    organism = tiny_organisms[family]
+    config = AutoConfig.from_pretrained(organism)
+    run = tmp_path / "run"
+    _lora(adapter_dir(run, family, "insecure", 0), organism)
+    for layer in range(config.num_hidden_layers):
+        _direction(own_direction_path(run, family, layer), config.hidden_size, layer, seed=10 + layer, R=2.5)
+        _direction(secure_direction_path(run, family, layer), config.hidden_size, layer, seed=20 + layer, R=2.5)
+    calibration_path(run, family).parent.mkdir(parents=True, exist_ok=True)
+    calibration_path(run, family).write_text(json.dumps({"alpha": 1.25}))
+    for variant in ("own", "secure_control", "random", "orthogonal", "wrong_layer"):
+        result = export_model(f"micro-{family}-steered", {"profile": "tiny", "run": str(run), "variant": variant},
+                              tmp_path / variant, prompts=PROMPTS[:2], max_new_tokens=8, log=lambda m: None)
+        iv, parity = result.record["intervention"], result.record["parity"]
+        assert (iv["variant"], iv["alpha"], iv["op"]) == (variant, 1.25, "subtract")
+        assert parity["identical_completions"] == 2 and parity["max_abs_logit_difference"] < 1e-3
