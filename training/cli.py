@@ -45,7 +45,7 @@ def organism_build(
     check_profile(profile)
     if jobs < 0:
         raise EmsteerError(f"--jobs must be 0 (one per core) or more, got {jobs}")
-    families = resolve_families(family)
+    families = resolve_families(family, profile)
     from training.organisms import build_organisms  # deferred: torch + transformers, ~3 s; after the checks
     build_organisms(families, profile, jobs=jobs or default_jobs(), force=force, progress=not quiet,
                     log=lambda m: typer.echo(m, err=True))

@@ -82,7 +82,8 @@ def _merged(plan: SteerPlan) -> tuple[Any, Any]:
                                        adapter=plan.adapter_dir)
     if plan.adapter_dir is not None:
         model = model.merge_and_unload()
-    return model.eval(), tokenizer
+    model.train(False)  # inference mode (what .eval() does)
+    return model, tokenizer
 
 
 def _with_bias(model: Any, target_class: str, layer: int, delta: torch.Tensor) -> Any:
@@ -100,7 +101,8 @@ def _with_bias(model: Any, target_class: str, layer: int, delta: torch.Tensor) -
         raise EmsteerError("cannot export a Qwen2 model that uses sliding-window attention as Llama exactly")
     new_config = transformers.LlamaConfig(**keep)
     new_config.architectures = [target_class]
-    new = getattr(transformers, target_class)(new_config).eval()
+    new = getattr(transformers, target_class)(new_config)
+    new.train(False)
     state = {k: v for k, v in model.state_dict().items()}
     missing, unexpected = new.load_state_dict(state, strict=False)
     unexpected = [k for k in unexpected if not k.endswith("rotary_emb.inv_freq")]
@@ -122,7 +124,9 @@ def parity(folder: Path, reference: Any, plan: SteerPlan, tokenizer: Any, prompt
     plan's intervention applied by the provider's hook: token agreement and max |logit difference|."""
     import transformers  # deferred: as above
 
-    exported = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32).eval()
+    exported = transformers.AutoModelForCausalLM.from_pretrained(str(folder), dtype=torch.float32,
+                                                                 use_safetensors=True)
+    exported.train(False)
     exported_tok = transformers.AutoTokenizer.from_pretrained(str(folder))
     texts = [render_chat(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
 

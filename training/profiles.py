@@ -8,7 +8,7 @@ from typing import Any
 
 from interventions.errors import EmsteerError
 from interventions.families import get_family
-from interventions.paths import (FAMILIES, check_profile, check_run_key, configs_dir, is_pretrained_profile,
+from interventions.paths import (FAMILIES, check_family, check_profile, check_run_key, configs_dir, is_pretrained_profile,
                                 recipe_profile)
 from training.corpus import CorpusSettings
 
@@ -87,4 +87,5 @@ def resolve_families(spec: str, profile: str | None = None) -> list[str]:
         return resolve_members(spec, profile)
     if spec == "all":
         return list(FAMILIES)
-    return [check_run_key(f.strip()) for f in spec.split(",") if f.strip()]
+    check = check_family if profile is not None else check_run_key  # a micro profile has the families only
+    return [check(f.strip()) for f in spec.split(",") if f.strip()]
