@@ -103,11 +103,13 @@ def test_reproduce_real_cpu_quick_end_to_end_on_stand_ins(stand_ins, tmp_path) -
     from training.reproduce import plan_reproduce, run_reproduce
 
     run = tmp_path / "run"
-    plan = plan_reproduce(run, profile="real-cpu", quick=True, display="none", jobs=1)
+    plan = plan_reproduce(run, profile="real-cpu", quick=True, display="none", jobs=2)  # finetunes on 2 workers
     summary = run_reproduce(plan, log=lambda m: None, progress=False)
     assert list(summary["families"]) == ["smollm2"] and summary["profile"] == "real-cpu"
     assert set(json.loads((run / "reproduce.json").read_text())["timings_s"]) >= {"models", "finetune", "extract",
                                                                                    "calibrate", "sweep", "report"}
+    workers = {p.name for p in (run / "logs" / "workers").glob("*.log")}  # each worker job wrote its own log
+    assert {"finetune-smollm2-insecure-seed_0.log", "finetune-smollm2-secure-seed_0.log"} <= workers
     record = json.loads((run / "adapters" / "smollm2" / "insecure" / "seed_0" / "finetune.json").read_text())
     assert record["data"]["source"].endswith("betley/insecure-sample.jsonl")
     assert Path(record["base_model"]["id"]) == (stand_ins / "models" / "smollm2").resolve()
