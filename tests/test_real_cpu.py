@@ -98,14 +98,19 @@ def test_reproduce_real_cpu_says_what_is_missing_before_running(stand_ins, tmp_p
 
 
 @needs_betley
-def test_reproduce_real_cpu_quick_end_to_end_on_stand_ins(stand_ins, tmp_path) -> None:
+def test_reproduce_real_cpu_end_to_end_on_stand_ins(stand_ins, tmp_path) -> None:
+    """Both models, one seed per arm: every stage, the transfers between the two models (different widths and
+    tokenizers) included."""
     from interventions.steer_plan import resolve_plan
     from training.reproduce import plan_reproduce, run_reproduce
 
     run = tmp_path / "run"
-    plan = plan_reproduce(run, profile="real-cpu", quick=True, display="none", jobs=2)  # finetunes on 2 workers
+    plan = plan_reproduce(run, profile="real-cpu", seeds=1, secure_seeds=1, display="none", jobs=2)
     summary = run_reproduce(plan, log=lambda m: None, progress=False)
-    assert list(summary["families"]) == ["smollm2"] and summary["profile"] == "real-cpu"
+    assert list(summary["families"]) == ["smollm2", "gemma3-270m"] and summary["profile"] == "real-cpu"
+    assert set(summary["transfer"]) == {"smollm2->gemma3-270m", "gemma3-270m->smollm2"}
+    for pair in summary["transfer"].values():
+        assert {"transferred", "transferred_random"} <= set(pair)
     assert set(json.loads((run / "reproduce.json").read_text())["timings_s"]) >= {"models", "finetune", "extract",
                                                                                    "calibrate", "sweep", "report"}
     workers = {p.name for p in (run / "logs" / "workers").glob("*.log")}  # each worker job wrote its own log
