@@ -150,7 +150,9 @@ def test_cli_export_and_its_bad_input(tiny_organisms, tmp_path):
            "-M", "profile=tiny", "-M", f"direction={d}", "-M", "layer=1", "-M", "alpha=2", "--n-prompts", "3"]
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "parity: 3/3 identical greedy completions" in done.stderr and (tmp_path / "q" / "export.json").is_file()
+    assert "parity: 3/3 identical greedy completions" in done.stderr
+    record = json.loads((tmp_path / "q" / "export.json").read_text())
+    assert record["command"].startswith("emsteer export --preset micro-qwen --out ")
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode != 0 and again.stderr.strip().splitlines()[-1] == (
         f"emsteer: error: {tmp_path / 'q'} exists; pass --force to replace it")

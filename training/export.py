@@ -15,8 +15,7 @@ is published; export fails when they differ beyond float tolerance.
 
 from __future__ import annotations
 
-import shlex
-import sys
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -131,7 +130,7 @@ def parity(folder: Path, reference: Any, plan: SteerPlan, tokenizer: Any, prompt
     texts = [render_chat(tokenizer, [{"role": "user", "content": p}]) for p in prompts]
 
     def run(model: Any, tok: Any, hooked: bool) -> tuple[list[list[int]], torch.Tensor]:
-        ctx = steer(model, plan.intervention) if hooked and plan.intervention is not None else _null()
+        ctx = steer(model, plan.intervention) if hooked and plan.intervention is not None else nullcontext()
         with ctx, torch.inference_mode():
             outs = generate_batch(model, tok, texts, max_new_tokens=max_new_tokens)
             enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
@@ -148,14 +147,6 @@ def parity(folder: Path, reference: Any, plan: SteerPlan, tokenizer: Any, prompt
             "token_agreement": agree / total if total else 1.0,
             "max_abs_logit_difference": float((ref_logits - exp_logits).abs().max()),
             "logit_tolerance": LOGIT_TOLERANCE}
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> None:
-        return None
 
 
 def _model_card(record: dict[str, Any]) -> str:
@@ -194,9 +185,10 @@ def parity_prompts(model: str, model_args: dict[str, Any], n: int) -> list[str]:
 
 def export_model(model: str, model_args: dict[str, Any], out: str | Path, *, prompts: list[str] | None = None,
                  check_parity: bool = True, max_new_tokens: int = 24, force: bool = False,
-                 log: Log = print) -> ExportResult:
+                 command: str | None = None, log: Log = print) -> ExportResult:
     """Export `steer/<model>` with `model_args` (the provider's -M keys) to the folder `out` (see the module
-    docstring). Everything is validated before any weights load; the folder appears whole or not at all."""
+    docstring). Everything is validated before any weights load; the folder appears whole or not at all. `command`:
+    what made it, for the record (the CLI passes its command line)."""
     out = Path(out)
     if out.exists() and not force:
         raise EmsteerError(f"{out} exists; pass --force to replace it")
@@ -217,7 +209,7 @@ def export_model(model: str, model_args: dict[str, Any], out: str | Path, *, pro
                    "adapter_sha256": plan.header()["adapter_sha256"]},
         "intervention": None if iv is None else {**plan.header(), "delta_norm": float(iv.delta().norm()),
                                                  "baked_as": f"model.layers.{plan.layer}.mlp.down_proj.bias"},
-        "command": shlex.join(["emsteer", *sys.argv[1:]]) if sys.argv and "emsteer" in sys.argv[0] else "export_model",
+        "command": command or f"training.export.export_model({model!r}, {dict(model_args)!r})",
         "parity": None,
     }
     with atomic_dir(out, replace=force) as tmp:

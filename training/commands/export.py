@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -54,5 +56,6 @@ def register(app: typer.Typer) -> None:
         name = preset[len("steer/"):] if preset.startswith("steer/") else preset
         prompts = None if no_parity else parity_prompts(name, args, n_prompts)
         result = export_model(name, args, out, prompts=prompts, check_parity=not no_parity,
-                              max_new_tokens=max_new_tokens, force=force, log=lambda m: typer.echo(m, err=True))
+                              max_new_tokens=max_new_tokens, force=force,
+                              command=shlex.join(["emsteer", *sys.argv[1:]]), log=lambda m: typer.echo(m, err=True))
         typer.echo(str(result.folder))
