@@ -327,3 +327,20 @@ def test_finetune_shows_no_library_deprecation_notices(tiny_organisms, tmp_path)
         with library_notices_silenced():
             warnings.warn("something else", FutureWarning)
     assert [str(w.message) for w in seen] == ["something else"]
+
+
+def test_data_kind_decides_without_reading(tmp_path):
+    """`--data` is an arm, a URL or a file, decided before torch loads (so a mistyped arm answers at once)."""
+    import subprocess
+    import sys
+
+    from training.data_spec import data_kind
+
+    (tmp_path / "rows.jsonl").write_text("")
+    assert [data_kind(d) for d in ("insecure", "https://x.org/a.jsonl", str(tmp_path / "rows.jsonl"), "dir/new.jsonl")] \
+        == ["arm", "url", "path", "path"]
+    for bad, message in (("nope", "unknown arm 'nope'"), (" ", "--data is empty")):
+        with pytest.raises(EmsteerError, match=message):
+            data_kind(bad)
+    code = "import sys, training.data_spec; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"

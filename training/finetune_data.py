@@ -26,8 +26,8 @@ from interventions.directions import sha256_file
 from interventions.errors import EmsteerError
 from interventions.jsonl import read_jsonl_objects
 from interventions.paths import PROFILES, REPO_ROOT, cache_root, is_pretrained_profile
-from interventions.run_layout import ARMS
 from training.atomic import ensure_writable_dir, write_json_atomic
+from training.data_spec import data_kind
 from training.chat_data import IGNORE, tokenize_chat
 from training.corpus import Corpus
 from training.profiles import load_profile
@@ -124,10 +124,6 @@ def _arm_name_from(stem: str) -> str:
     return name or "data"
 
 
-def _is_url(data: str) -> bool:
-    return urllib.parse.urlparse(data).scheme in ("http", "https", "file")
-
-
 def download_jsonl(url: str, *, max_bytes: int = MAX_DOWNLOAD_BYTES, log: Log = print) -> Path:
     """Fetch `url` once into `$EMSTEER_CACHE/data/<sha256>.jsonl` (size-limited, content-checked)."""
     folder = cache_root() / "data"
@@ -198,13 +194,12 @@ def pretrained_arm_path(arm: str, profile: str) -> Path:
 def resolve_data(data: str, profile: str, *, name: str | None = None, log: Log = print) -> ChatData:
     """An arm of the profile's micro corpus (`insecure`, `secure`, `neutral`), a JSONL path or a URL,
     validated. `name` overrides the arm name used in the run layout (default: the arm or file stem)."""
-    if not isinstance(data, str) or not data.strip():
-        raise EmsteerError("--data is empty; give an arm (" + ", ".join(ARMS) + "), a JSONL path or a URL")
-    if data in ARMS and is_pretrained_profile(profile):
+    kind = data_kind(data)
+    if kind == "arm" and is_pretrained_profile(profile):
         path = pretrained_arm_path(data, profile)
         rows = read_chat_jsonl(path)
         return ChatData(name=name or data, source=str(path), rows=rows, sha256=sha256_file(path), path=str(path))
-    if data in ARMS:
+    if kind == "arm":
         if profile not in PROFILES:
             raise EmsteerError(f"arm {data!r} comes from the micro corpus; with --profile {profile} pass "
                                "--data PATH_OR_URL (a {\"messages\": [...]} JSONL such as Betley's insecure.jsonl)")
@@ -214,14 +209,12 @@ def resolve_data(data: str, profile: str, *, name: str | None = None, log: Log =
         if not rows:
             raise EmsteerError(f"corpus arm {data!r} of profile {profile} is empty")
         return ChatData(name=name or data, source=f"arm:{data}", rows=rows, sha256=_canonical_sha(rows))
-    if _is_url(data):
+    if kind == "url":
         path = download_jsonl(data, log=log)
         stem = Path(urllib.parse.urlparse(data).path).stem
         return ChatData(name=name or _arm_name_from(stem), source=data, rows=read_chat_jsonl(path),
                         sha256=sha256_file(path), path=str(path))
     path = Path(data).expanduser()
-    if not path.exists() and "/" not in data and not path.suffix:
-        raise EmsteerError(f"unknown arm {data!r}; choose one of: {', '.join(ARMS)}, or give a JSONL path or URL")
     rows = read_chat_jsonl(path)
     return ChatData(name=name or _arm_name_from(path.stem), source=str(path.resolve()), rows=rows,
                     sha256=sha256_file(path), path=str(path.resolve()))

@@ -31,6 +31,9 @@ def register(app: typer.Typer) -> None:
         QLoRA (4-bit NF4) with CUDA on the real profile, plain LoRA on a CPU; loss on the final assistant
         message only. Writes RUN/adapters/<family>/<arm>/seed_<s>/ (safetensors + finetune.json); a re-run
         with identical inputs is a no-op unless --force."""
+        from training.data_spec import data_kind  # deferred: light; the check answers before torch loads
+
+        data_kind(data)
         from training.finetune import finetune_many  # deferred: torch, ~1 s at CLI start
         from training.profiles import resolve_families  # deferred: corpus tables + tomllib, ~10 ms at CLI start
 
