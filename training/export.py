@@ -56,10 +56,9 @@ def check_exportable(plan: SteerPlan) -> str:
         return source  # the adapter merged (or a plain copy): any class
     exportable = "variant none (the adapter merged, no intervention)"
     if source not in BIAS_CLASSES:
-        why = {"Gemma2ForCausalLM": "its layers are post-norm (each residual write passes a norm), so no weight or "
-                                    "bias adds a fixed vector to a layer's output",
-               "Gemma3ForCausalLM": "its layers are post-norm (each residual write passes a norm), so no weight or "
-                                    "bias adds a fixed vector to a layer's output",
+        post_norm = ("its layers are post-norm (each residual write passes a norm), so no weight or bias adds a "
+                     "fixed vector to a layer's output")
+        why = {"Gemma2ForCausalLM": post_norm, "Gemma3ForCausalLM": post_norm,
                "Ministral3ForCausalLM": "its MLP holds no bias and its attention (Llama-4 scaling, sliding window) "
                                         "has no equivalent class that does"}.get(
             source, "no exactly equivalent configuration with a bias on the layer's output is known for it")
@@ -102,8 +101,7 @@ def _with_bias(model: Any, target_class: str, layer: int, delta: torch.Tensor) -
     new_config.architectures = [target_class]
     new = getattr(transformers, target_class)(new_config)
     new.train(False)
-    state = {k: v for k, v in model.state_dict().items()}
-    missing, unexpected = new.load_state_dict(state, strict=False)
+    missing, unexpected = new.load_state_dict(model.state_dict(), strict=False)
     unexpected = [k for k in unexpected if not k.endswith("rotary_emb.inv_freq")]
     if unexpected or any(not k.endswith(".bias") for k in missing):
         raise EmsteerError(f"export to {target_class}: weights do not map one to one "
